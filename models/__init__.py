@@ -1,0 +1,1 @@
+"""Learning rules and networks: primitives, rules, asymmetric layers, ResNets, training, checkpoints."""

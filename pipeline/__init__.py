@@ -1,0 +1,1 @@
+"""Activations -> regression -> scores -> reports. Pure library code: no Prefect import."""
