@@ -1,0 +1,90 @@
+"""Split protocols and Pearson against direct sklearn / scipy computations."""
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.stats import pearsonr
+from sklearn.model_selection import StratifiedShuffleSplit
+
+from pipeline.protocols import PROTOCOLS, get_protocol, pearson_per_site, summarize
+
+
+def _metadata(n_categories=4, per_category=20, objects_per_category=2):
+    rows = [{"category_name": f"cat{c}", "object_name": f"cat{c}_obj{i % objects_per_category}"}
+            for c in range(n_categories) for i in range(per_category)]
+    return pd.DataFrame(rows)
+
+
+def test_pearson_per_site_equals_scipy():
+    rng = np.random.default_rng(0)
+    pred, actual = rng.normal(size=(30, 5)), rng.normal(size=(30, 5))
+    actual[:, 2] += 3 * pred[:, 2]
+    expected = [pearsonr(pred[:, j], actual[:, j])[0] for j in range(5)]
+    np.testing.assert_allclose(pearson_per_site(pred, actual), expected, atol=1e-12)
+
+
+def test_constant_sites_give_nan_not_a_number():
+    rng = np.random.default_rng(1)
+    pred, actual = rng.normal(size=(10, 3)), rng.normal(size=(10, 3))
+    actual[:, 0] = 4.0
+    pred[:, 1] = -1.0
+    r = pearson_per_site(pred, actual)
+    assert np.isnan(r[0]) and np.isnan(r[1]) and np.isfinite(r[2])
+
+
+def test_paper_split_is_75_25_within_each_category_and_seeded():
+    meta = _metadata()
+    protocol = get_protocol("paper", n_splits=3, seed=7)
+    splits = protocol.splits(meta)
+    assert len(splits) == 3
+    for train, test in splits:
+        assert len(np.intersect1d(train, test)) == 0 and len(train) + len(test) == len(meta)
+        counts = meta.iloc[test]["category_name"].value_counts()
+        assert (counts == 5).all() and len(counts) == 4
+    assert not np.array_equal(splits[0][1], splits[1][1])
+    again = get_protocol("paper", n_splits=3, seed=7).splits(meta)
+    assert all(np.array_equal(a[1], b[1]) for a, b in zip(splits, again))
+    other_seed = get_protocol("paper", n_splits=3, seed=8).splits(meta)
+    assert not np.array_equal(splits[0][1], other_seed[0][1])
+
+
+def test_brainscore_split_equals_sklearn_stratified_shuffle_split():
+    meta = _metadata(per_category=30, objects_per_category=3)
+    protocol = get_protocol("brainscore")
+    assert (protocol.n_splits, protocol.train_size, protocol.seed, protocol.stratify_by) == (10, 0.9, 1, "object_name")
+    reference = StratifiedShuffleSplit(n_splits=10, train_size=0.9, random_state=1)
+    for (train, test), (ref_train, ref_test) in zip(protocol.splits(meta),
+                                                    reference.split(np.zeros(len(meta)), meta["object_name"])):
+        np.testing.assert_array_equal(train, np.sort(ref_train))
+        np.testing.assert_array_equal(test, np.sort(ref_test))
+
+
+def test_summaries_follow_each_protocol():
+    rng = np.random.default_rng(2)
+    r = rng.uniform(0.2, 0.8, size=(10, 25))
+    paper = summarize(r, PROTOCOLS["paper"])
+    site = r.mean(axis=0)
+    assert paper["median_r"] == pytest.approx(np.median(site))
+    assert paper["sem"] == pytest.approx(site.std(ddof=1) / np.sqrt(25))
+    bs = summarize(r, PROTOCOLS["brainscore"])
+    per_split = np.median(r, axis=1)
+    assert bs["median_r"] == pytest.approx(per_split.mean())
+    assert bs["sem"] == pytest.approx(per_split.std(ddof=0) / np.sqrt(10))
+
+
+def test_nan_sites_are_counted_and_excluded():
+    r = np.tile(np.linspace(0.1, 0.9, 6), (4, 1))
+    r[2, 0] = np.nan
+    out = summarize(r, PROTOCOLS["paper"])
+    assert out["n_nan_sites"] == 1 and out["n_sites"] == 5
+    assert out["median_r"] == pytest.approx(np.median(np.linspace(0.1, 0.9, 6)[1:]))
+
+
+def test_bad_protocol_inputs_raise():
+    with pytest.raises(ValueError, match="unknown protocol 'nope'.*brainscore"):
+        get_protocol("nope")
+    with pytest.raises(KeyError, match="category_name"):
+        get_protocol("paper").splits(pd.DataFrame({"x": range(10)}))
+    with pytest.raises(ValueError, match="test images"):
+        get_protocol("paper").splits(_metadata(n_categories=2, per_category=2))
+    with pytest.raises(ValueError, match="at least 2"):
+        get_protocol("paper").splits(pd.DataFrame({"category_name": ["a"] * 10 + ["b"]}))
