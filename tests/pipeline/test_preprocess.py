@@ -15,6 +15,13 @@ from pipeline.preprocess import (
 )
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: one thread is faster, and spinning OpenMP threads starve a shared 2-core box."""
+    torch.set_num_threads(1)
+    yield
+
+
 def brainscore_reference(image: Image.Image, size: int) -> torch.Tensor:
     """Brain-Score's load_image (paste non-RGB onto an RGB canvas) + torchvision_preprocess_input."""
     if image.mode != "RGB":

@@ -1,0 +1,332 @@
+"""Activation extraction: hooks, layer lists, the on-disk store, Gram matrices, cache keys, resume."""
+import io
+import pickle
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+from torchvision.models import resnet18
+
+from pipeline import extract as extract_module
+from pipeline.extract import LayerRecorder, UnknownLayerError, extract, resolve_layers
+from pipeline.preprocess import Preprocessing, preprocess_images
+from pipeline.store import ActivationStore, blockwise_gram
+
+SIZE = 16  # network input side for every extraction here
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: one thread is faster, and spinning OpenMP threads starve a shared 2-core box."""
+    torch.set_num_threads(1)
+    yield
+
+
+class Stimuli:
+    """Stand-in for neural_data.StimulusSet: PNG bytes in memory, ids in order."""
+
+    def __init__(self, n=10, seed=0, size=(20, 14)):
+        rng = np.random.default_rng(seed)
+        self.data = {}
+        for i in range(n):
+            buffer = io.BytesIO()
+            Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(buffer, "PNG")
+            self.data[f"img{i:03d}"] = buffer.getvalue()
+        self.stimulus_ids = list(self.data)
+
+    def __len__(self):
+        return len(self.stimulus_ids)
+
+    def open(self, stimulus_id):
+        return Image.open(io.BytesIO(self.data[stimulus_id]))
+
+    def image_bytes(self, stimulus_id):
+        return self.data[stimulus_id]
+
+
+class SimulatedKill(Exception):
+    """Stands for the process dying mid-extraction."""
+
+
+class TinyNet(nn.Module):
+    """Conv net that counts forward calls and can fail once on a chosen call (a killed run)."""
+
+    def __init__(self, fail_on_call=None):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.relu = nn.ReLU(inplace=True)
+        self.pool = nn.AdaptiveAvgPool2d(4)
+        self.flatten = nn.Flatten()
+        self.fc = nn.Linear(64, 5)
+        self.calls = 0
+        self.fail_on_call = fail_on_call
+
+    def forward(self, x):
+        self.calls += 1
+        if self.calls == self.fail_on_call:
+            raise SimulatedKill(f"forward call {self.calls}")
+        return self.fc(self.flatten(self.pool(self.relu(self.conv(x)))))
+
+
+@pytest.fixture(scope="module")
+def stimuli():
+    return Stimuli()
+
+
+@pytest.fixture(scope="module")
+def resnet():
+    """A torchvision ResNet-18 for tests that only read its structure."""
+    return resnet18(weights=None)
+
+
+def tiny_resnet():
+    return resnet18(weights=None, num_classes=7).eval()
+
+
+def run(model, stimuli, cache_dir, **kwargs):
+    kwargs.setdefault("image_size", SIZE)
+    kwargs.setdefault("batch_size", 4)
+    return extract(model, stimuli, device="cpu", cache_dir=cache_dir, progress=False, **kwargs)
+
+
+# ----------------------------------------------------------------------------- layer lists
+
+
+RESNET_DEFAULT = ["relu", "maxpool"] + [f"layer{s}.{b}" for s in range(1, 5) for b in range(2)] + ["avgpool", "fc"]
+
+
+def test_default_layers_of_resnet18_in_depth_order(resnet):
+    assert resolve_layers(resnet) == RESNET_DEFAULT
+
+
+def test_all_layers_are_the_leaves_in_forward_order(resnet):
+    model = resnet
+    layers = resolve_layers(model, "all")
+    leaves = [n for n, m in model.named_modules() if n and not list(m.children())]
+    assert sorted(layers) == sorted(leaves)
+    assert layers[:4] == ["conv1", "bn1", "relu", "maxpool"]
+    assert layers[4:7] == ["layer1.0.conv1", "layer1.0.bn1", "layer1.0.relu"]
+    assert layers.index("layer1.1.bn2") < layers.index("layer2.0.conv1") < layers.index("layer2.0.downsample.0")
+    assert layers[-2:] == ["avgpool", "fc"]
+
+
+def test_explicit_lists_are_ordered_and_deduplicated(resnet):
+    model = resnet
+    assert resolve_layers(model, ["fc", "layer2", "layer2.1", "conv1", "fc"]) == ["conv1", "layer2.1", "layer2", "fc"]
+    assert resolve_layers(model, "layer3.0.conv2") == ["layer3.0.conv2"]
+
+
+def test_generic_model_defaults_to_top_level_children():
+    model = nn.Sequential(nn.Conv2d(3, 2, 3), nn.ReLU(), nn.Flatten(), nn.LazyLinear(3))
+    assert resolve_layers(model) == ["0", "1", "2", "3"]
+    assert resolve_layers(TinyNet()) == ["conv", "relu", "pool", "flatten", "fc"]
+
+
+def test_unknown_layer_names_its_nearest_matches(resnet):
+    with pytest.raises(UnknownLayerError) as error:
+        resolve_layers(resnet, ["layer5.0", "fc", "avgpol"])
+    message = str(error.value)
+    assert "'layer5.0' (nearest: layer4.0" in message and "'avgpol' (nearest: avgpool" in message
+    assert "Valid names" in message and "'layer4.1.bn2'" in message
+    assert isinstance(error.value, LookupError)
+
+
+# ----------------------------------------------------------------------------------- hooks
+
+
+def test_hooks_capture_exactly_the_module_outputs():
+    model = tiny_resnet()
+    x = torch.randn(3, 3, SIZE, SIZE)
+    layers = ["bn1", "relu", "maxpool", "layer1.0", "layer2.1", "avgpool", "fc"]
+    with LayerRecorder(model, layers) as recorder, torch.no_grad():
+        model(x)
+    with torch.no_grad():  # the same network by hand; torchvision's relu is in place, hence the clones
+        manual = {"bn1": model.bn1(model.conv1(x)).clone()}
+        manual["relu"] = torch.relu(manual["bn1"])
+        manual["maxpool"] = model.maxpool(manual["relu"])
+        manual["layer1.0"] = model.layer1[0](manual["maxpool"].clone())
+        h = model.layer2(model.layer1[1](manual["layer1.0"].clone()))
+        manual["layer2.1"] = h.clone()
+        manual["avgpool"] = model.avgpool(model.layer4(model.layer3(h)))
+        manual["fc"] = model.fc(manual["avgpool"].flatten(1))
+    assert (manual["bn1"] < 0).any(), "bn1 must be recorded before the in-place ReLU"
+    for layer in layers:
+        assert torch.equal(recorder.outputs[layer], manual[layer].reshape(3, -1)), layer
+
+
+# ----------------------------------------------------------------------------------- store
+
+
+def test_store_equals_in_memory_extraction_and_restores_modes(stimuli, tmp_path):
+    model = tiny_resnet().train()
+    store = run(model, stimuli, tmp_path, batch_size=3)
+    assert all(m.training for m in model.modules()), "training mode must be restored"
+    assert store.layers == RESNET_DEFAULT and store.stimulus_ids == stimuli.stimulus_ids
+    images = [stimuli.open(s) for s in stimuli.stimulus_ids]
+    x = preprocess_images(images, Preprocessing(image_size=SIZE))
+    model.eval()
+    with LayerRecorder(model, store.layers) as recorder, torch.no_grad():
+        model(x)
+    for layer in store.layers:
+        assert store.shape(layer) == (10, recorder.outputs[layer].shape[1])
+        np.testing.assert_allclose(store.features(layer)[()], recorder.outputs[layer].numpy(), rtol=1e-5, atol=1e-6)
+    assert store.metadata["preprocessing"]["image_size"] == SIZE
+    assert (tmp_path / f"{store.key}.json").exists() and not list(tmp_path.glob("*.partial"))
+
+
+def test_gram_is_x_xt_in_float64(stimuli, tmp_path):
+    store = run(tiny_resnet(), stimuli, tmp_path)
+    for layer in ["relu", "layer3.0", "fc"]:
+        x = store.features(layer)[()].astype(np.float64)
+        reference = x @ x.T
+        gram = store.gram(layer, device="cpu")
+        assert gram.dtype == np.float64 and gram.shape == (10, 10)
+        assert np.linalg.norm(gram - reference) <= 1e-10 * np.linalg.norm(reference)
+    # Many narrow panels (a few columns each) must add up to the same matrix.
+    dataset = store.features("relu")
+    x = dataset[()].astype(np.float64)
+    panels = blockwise_gram(dataset, device="cpu", panel_bytes=10 * 4 * 3)
+    assert np.linalg.norm(panels - x @ x.T) <= 1e-10 * np.linalg.norm(x @ x.T)
+
+
+def test_gram_is_cached_and_subset_by_rows(stimuli, tmp_path, monkeypatch):
+    store = run(tiny_resnet(), stimuli, tmp_path)
+    full = store.gram("layer4.1", device="cpu")
+    assert store.gram_path("layer4.1").name == f"{store.key}.layer4.1.gram.npy"
+
+    def no_recompute(*args, **kwargs):
+        raise AssertionError("the cached Gram matrix should have been read")
+
+    monkeypatch.setattr("pipeline.store.blockwise_gram", no_recompute)
+    assert np.array_equal(store.gram("layer4.1"), full)
+    ids = ["img007", "img002"]
+    assert np.array_equal(store.gram("layer4.1", rows=ids), full[np.ix_([7, 2], [7, 2])])
+    assert np.array_equal(store.gram("layer4.1", rows=[7, 2]), full[np.ix_([7, 2], [7, 2])])
+    with pytest.raises(KeyError, match="nope"):
+        store.gram("nope")
+
+
+def test_memory_is_bounded_by_the_batch(stimuli, tmp_path, monkeypatch):
+    written_rows, forward_rows = [], []
+    real_write = extract_module._write_batch
+
+    def spy(f, rows, outputs, batch_size):
+        written_rows.extend(v.shape[0] for v in outputs.values())
+        return real_write(f, rows, outputs, batch_size)
+
+    monkeypatch.setattr(extract_module, "_write_batch", spy)
+    model = tiny_resnet()
+    model.register_forward_pre_hook(lambda module, args: forward_rows.append(args[0].shape[0]))
+    store = run(model, stimuli, tmp_path, batch_size=4)
+    assert forward_rows == [4, 4, 2] and max(written_rows) == 4
+    assert all(store.features(layer).chunks[0] <= 4 for layer in store.layers)
+    assert store.metadata["batch_size"] == 4
+
+
+def test_store_pickles_by_path(stimuli, tmp_path):
+    store = run(TinyNet(), stimuli, tmp_path)
+    clone = pickle.loads(pickle.dumps(store))
+    assert clone.key == store.key and np.array_equal(clone.features("fc")[()], store.features("fc")[()])
+
+
+# ------------------------------------------------------------------------------ cache keys
+
+
+def test_cache_key_tracks_every_input_and_reuses_unchanged(stimuli, tmp_path):
+    torch.manual_seed(0)
+    model = TinyNet()
+    base = run(model, stimuli, tmp_path)
+    assert model.calls == 3
+
+    again = run(model, stimuli, tmp_path)
+    assert again.key == base.key and model.calls == 3, "unchanged inputs must reuse the store"
+
+    changed_weight = TinyNet()
+    changed_weight.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        changed_weight.fc.bias[2] += 1e-6
+    changed_stimulus = Stimuli()
+    changed_stimulus.data["img004"] = Stimuli(n=5, seed=9).data["img004"]
+    renamed = Stimuli()
+    renamed.stimulus_ids = renamed.stimulus_ids[::-1]
+    keys = {
+        "base": base.key,
+        "weight": run(changed_weight, stimuli, tmp_path).key,
+        "stimulus": run(model, changed_stimulus, tmp_path).key,
+        "order": run(model, renamed, tmp_path).key,
+        "size": run(model, stimuli, tmp_path, image_size=SIZE + 2).key,
+        "mean": run(model, stimuli, tmp_path, preprocessing=Preprocessing(SIZE, mean=(0.5, 0.5, 0.5))).key,
+        "layers": run(model, stimuli, tmp_path, layers=["conv", "fc"]).key,
+    }
+    assert len(set(keys.values())) == len(keys), keys
+    assert changed_weight.calls == 3, "a changed weight must recompute, never reuse"
+
+
+def test_changed_checkpoint_never_reuses_stale_activations(stimuli, tmp_path):
+    model = TinyNet()
+    before = run(model, stimuli, tmp_path).features("fc")[()]
+    with torch.no_grad():
+        model.conv.weight.mul_(2)
+    after_store = run(model, stimuli, tmp_path)
+    assert model.calls == 6
+    assert not np.allclose(after_store.features("fc")[()], before)
+    assert len(list(tmp_path.glob("*.h5"))) == 2
+
+
+# ------------------------------------------------------------------------- resume, determinism
+
+
+def test_killed_extraction_resumes_without_redoing_batches(tmp_path):
+    stimuli = Stimuli(n=10)  # batches of 3: rows [0-2] [3-5] [6-8] [9]
+    reference = run(TinyNet(), stimuli, tmp_path / "uninterrupted", batch_size=3)
+
+    torch.manual_seed(0)
+    model = TinyNet(fail_on_call=3)  # dies on the third batch, after two were written
+    with pytest.raises(SimulatedKill):
+        run(model, stimuli, tmp_path / "killed", batch_size=3)
+    assert list((tmp_path / "killed").glob("*.h5.partial")) and not list((tmp_path / "killed").glob("*.h5"))
+
+    model.calls, model.fail_on_call = 0, None
+    resumed = run(model, stimuli, tmp_path / "killed", batch_size=3)
+    assert model.calls == 2, "only the third and fourth batches may run again"
+    assert resumed.key == reference.key
+    for layer in reference.layers:
+        assert np.array_equal(resumed.features(layer)[()], reference.features(layer)[()]), layer
+
+
+def test_resume_keeps_the_batch_size_of_the_partial_file(tmp_path):
+    stimuli = Stimuli(n=10)
+    model = TinyNet(fail_on_call=2)
+    with pytest.raises(SimulatedKill):
+        run(model, stimuli, tmp_path, batch_size=4)
+    model.calls, model.fail_on_call = 0, None
+    store = run(model, stimuli, tmp_path, batch_size=2)
+    assert model.calls == 2 and store.metadata["batch_size"] == 4
+
+
+def test_reruns_are_identical(stimuli, tmp_path):
+    first = run(tiny_resnet(), stimuli, tmp_path / "a")
+    torch.manual_seed(0)
+    second = run(tiny_resnet(), stimuli, tmp_path / "b")
+    assert first.key == second.key
+    for layer in first.layers:
+        assert np.array_equal(first.features(layer)[()], second.features(layer)[()])
+    assert np.array_equal(first.gram("layer2.0", device="cpu"), second.gram("layer2.0", device="cpu"))
+
+
+def test_bad_inputs_are_named(stimuli, tmp_path):
+    with pytest.raises(ValueError, match="stimulus set has no stimulus_ids"):
+        run(TinyNet(), Stimuli(n=0), tmp_path)
+    with pytest.raises(UnknownLayerError, match="nearest: fc"):
+        run(TinyNet(), stimuli, tmp_path, layers=["fc1"])
+    with pytest.raises(FileNotFoundError, match="missing.h5"):
+        ActivationStore(tmp_path / "missing.h5")
+
+
+def test_import_pipeline_is_cheap():
+    code = "import sys, pipeline; assert not {'torch', 'prefect', 'h5py', 'models'} & set(sys.modules), sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
