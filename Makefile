@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-16)
 
-.PHONY: setup test
+.PHONY: setup test neural-fit serve stop ui
 
 setup: $(STAMP)
 
@@ -19,3 +19,20 @@ $(STAMP): pyproject.toml
 
 test: setup
 	$(PY) -m pytest -q
+
+# Start (or reuse) the local Prefect server and the served deployments, run neural-fit/default, print
+# where its report is. Pids, ports and logs: ./work/.
+neural-fit: setup
+	VENV=$(abspath $(VENV)) scripts/neural-fit.sh
+
+# Only start (or reuse) the Prefect server and the deployment server.
+serve: setup
+	VENV=$(abspath $(VENV)) scripts/start.sh
+
+# Stop exactly what `make serve` / `make neural-fit` started (deployment server first, then the server).
+stop:
+	VENV=$(abspath $(VENV)) scripts/stop.sh
+
+# Print the Prefect UI address.
+ui:
+	@VENV=$(abspath $(VENV)) scripts/ui.sh
