@@ -157,8 +157,8 @@ class NeuralDataset:
     """
 
     name: str
-    assembly: xr.DataArray
-    stimuli: StimulusSet
+    assembly: xr.DataArray = field(repr=False)
+    stimuli: StimulusSet = field(repr=False)
     stratify_by: str = "category_name"
     regions: list[str] = field(default_factory=list)
     citation: str = ""
@@ -170,9 +170,12 @@ class NeuralDataset:
 
     def __post_init__(self):
         if not self.regions and "region" in self.assembly.coords:
-            self.regions = list(dict.fromkeys(self.assembly["region"].values.astype(str)))
+            self.regions = [str(r) for r in dict.fromkeys(self.assembly["region"].values.astype(str))]
         if not self.identifier:
             self.identifier = f"{self.name}-{assembly_hash(self.assembly, self.stimuli)[:16]}"
+
+    def __repr__(self) -> str:
+        return f"NeuralDataset({self.identifier!r}: {self.summary()}; source {self.source!r})"
 
     def averaged(self) -> xr.DataArray:
         """(presentation=stimulus, neuroid) NaN-aware mean over repetitions, ordered like `stimuli.stimulus_ids`."""
