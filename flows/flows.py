@@ -80,19 +80,28 @@ def extract(checkpoint: dict, checkpoint_digest: str, dataset: dict, dataset_id:
     return jobs.extract_checkpoint(checkpoint["path"], dataset, layers=layers, device=device, work=work, **extraction)
 
 
+@task(name="gram", task_run_name="gram {layer}", cache_policy=NO_CACHE, **TRANSIENT)
+def gram(store: str, layer: str, device: str | None) -> str:
+    return jobs.layer_gram(store, layer, device=device)
+
+
 @task(name="fit", task_run_name="fit {checkpoint_name} {layer} {region} splits {splits[0]}-{splits[-1]}",
-      persist_result=True, log_prints=True,
+      persist_result=True,
       cache_key_fn=content_key("checkpoint_digest", "dataset_id", "layer", "region", "protocol", "splits"),
       **TRANSIENT)
 def fit(store: str, checkpoint_name: str, checkpoint_digest: str, dataset: dict, dataset_id: str, layer: str,
-        region: str, protocol: dict, splits: list[int]):
-    return jobs.fit_layer_region(store, dataset, layer=layer, region=region, protocol=protocol, splits=splits,
-                                 checkpoint=checkpoint_name)
+        region: str, protocol: dict, splits: list[int]) -> dict:
+    return jobs.fit_layer_region(store, dataset, layer=layer, region=region, protocol=protocol, splits=splits)
+
+
+@task(name="scores", task_run_name="scores {checkpoint_name}", cache_policy=NO_CACHE, **TRANSIENT)
+def scores(store: str, dataset: dict, protocol: dict, predictions: dict, checkpoint_name: str):
+    return jobs.score_checkpoint(store, dataset, protocol, predictions, checkpoint_name)
 
 
 @task(name="report", cache_policy=NO_CACHE, log_prints=True)
-def report(parts: list, checkpoints: list[dict], dataset: dict, protocol: dict, out: str) -> str:
-    folder = jobs.write_outputs(parts, checkpoints, out, dataset=dataset, protocol=protocol)
+def report(checkpoint_scores: list, checkpoints: list[dict], out: str) -> str:
+    folder = jobs.write_outputs(checkpoint_scores, checkpoints, out)
     get_run_logger().info("report written to %s", folder)
     return str(folder)
 
@@ -144,7 +153,7 @@ def _persisted(task_, out: Path):
 def _neural_fit_tasks(checkpoints: list[str], dataset: dict, protocol: dict, layers: Any, out: str,
                       device: str | None, work: str, training: dict | None, training_set: dict | None,
                       extraction: dict, splits_per_task: int) -> str:
-    """Train-or-load, extract and fit on the chosen task runner; then the report."""
+    """Train-or-load, extract, Gram matrices, fits and scores on the chosen task runner; then the report."""
     logger = get_run_logger()
     out_path = Path(out)
     extract_task, fit_task = _persisted(extract, out_path), _persisted(fit, out_path)
@@ -154,26 +163,33 @@ def _neural_fit_tasks(checkpoints: list[str], dataset: dict, protocol: dict, lay
         meta["digest"] = jobs.checkpoint_digest(meta["path"])
     dataset_id = dataset["identifier"]
 
-    extractions = [
-        extract_task.submit(meta, meta["digest"], dataset, dataset_id, layers, extraction, device, work)
-        for meta in metas
-    ]
-    split_batches = jobs.split_batches(dataset, protocol, splits_per_task)
-    fits = []
+    def submit_extract(meta, task_=extract_task):
+        return task_.submit(meta, meta["digest"], dataset, dataset_id, layers, extraction, device, work)
+
+    extractions = [submit_extract(meta) for meta in metas]
+    batches = jobs.split_batches(dataset, protocol, splits_per_task)
+    planned = []
     for meta, future in zip(metas, extractions):
         stored = future.result()
         if not Path(stored["store"]).is_file():  # a cached result whose activation file was deleted since
-            stored = extract_task.with_options(refresh_cache=True).submit(
-                meta, meta["digest"], dataset, dataset_id, layers, extraction, device, work).result()
-        logger.info("%s: %d layers extracted; %d fits of (layer, region, splits) to run",
-                    meta["name"], len(stored["layers"]), len(stored["layers"]) * len(dataset["regions"]) * len(split_batches))
+            stored = submit_extract(meta, extract_task.with_options(refresh_cache=True)).result()
+        fits = []
         for layer in stored["layers"]:
-            for region in dataset["regions"]:
-                for splits in split_batches:
-                    fits.append(fit_task.submit(stored["store"], meta["name"], meta["digest"], dataset, dataset_id,
-                                                layer, region, protocol, splits))
-    parts = [future.result() for future in fits]
-    return report(parts, metas, dataset, protocol, out)
+            layer_gram = gram.submit(stored["store"], layer, device)
+            fits += [fit_task.submit(stored["store"], meta["name"], meta["digest"], dataset, dataset_id, layer,
+                                     region, protocol, splits, wait_for=[layer_gram])
+                     for region in dataset["regions"] for splits in batches]
+        logger.info("%s: %d layers x %d regions x %d split batches = %d fits", meta["name"], len(stored["layers"]),
+                    len(dataset["regions"]), len(batches), len(fits))
+        planned.append((meta, stored, fits))
+
+    checkpoint_scores = []
+    for meta, stored, fits in planned:
+        predictions = {}
+        for future in fits:
+            predictions.update(future.result())
+        checkpoint_scores.append(scores.submit(stored["store"], dataset, protocol, predictions, meta["name"]))
+    return report([future.result() for future in checkpoint_scores], metas, out)
 
 
 @flow(name="neural-fit", log_prints=True)
@@ -200,7 +216,8 @@ def neural_fit(
         object images, or reused from the work folder).
     dataset: a registered name (`MajajHong2015`), a dataset folder, or `synthetic` (generated into the work
         folder with `synthetic` as keyword arguments of neural_data.synth.generate).
-    protocol: `paper` or `brainscore` (protocol_options override its settings, e.g. {"n_splits": 2}).
+    protocol: `paper` or `brainscore` (protocol_options override its settings, e.g. {"n_splits": 2,
+        "n_components": 10}).
     layers: `default`, `all`, or a list of module names.
     out: report folder (default <work>/runs/neural-fit-<dataset>). device: torch device for extraction.
     data_root: the folder holding the real data files of a registered dataset.

@@ -46,10 +46,23 @@ CPU_TRAINING: dict[str, Any] = {
 TRAINING_SET: dict[str, Any] = {"n_per_class": 100, "val_per_class": 25, "seed": 0}
 
 # The synthetic neural dataset of the default run (keyword arguments of neural_data.synth.generate).
-SYNTHETIC_DATASET: dict[str, Any] = {}
+SYNTHETIC_DATASET: dict[str, Any] = {"n_images": 320, "n_sites": 40, "reps": 6, "seed": 0, "image_size": 64}
 
 # Extraction settings of the default run (images are resized to image_size before the network).
 EXTRACTION: dict[str, Any] = {"image_size": 32, "batch_size": 64}
+
+N_COMPONENTS = 25  # PLS components (the paper's and Brain-Score's)
+
+
+class UnknownCheckpointError(KeyError):
+    """A checkpoint spec that is not a file, `random:ARCH`, a preset or a rule."""
+
+    def __str__(self) -> str:  # KeyError would quote the message like a dict key
+        return str(self.args[0]) if self.args else ""
+
+
+def _message(error: BaseException) -> str:
+    return str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
 
 
 def work_dir(path: str | os.PathLike | None = None) -> Path:
@@ -118,9 +131,9 @@ def training_config(name: str, overrides: dict[str, Any] | None = None):
     try:
         rules.get_rule(name)
     except (KeyError, ValueError) as error:
-        raise KeyError(
+        raise UnknownCheckpointError(
             f"checkpoint {name!r} is not a file, 'random:ARCH', a preset ({', '.join(presets.PRESETS)}) "
-            f"or a rule ({', '.join(sorted(rules.RULES))}): {error}"
+            f"or a rule ({', '.join(sorted(rules.RULES))}): {_message(error)}"
         ) from None
     return presets.config_from_dict({"name": name, "rule": name, **settings}, source=f"rule {name!r}")
 
@@ -223,7 +236,7 @@ def random_checkpoint(arch: str, work: Path, *, training=None, training_set=None
         model = build_model(arch, "bp", num_classes=config.num_classes, width=config.width,
                             small_input=config.small_input)
     except KeyError as error:
-        raise KeyError(f"checkpoint 'random:{arch}': unknown architecture ({error})") from None
+        raise UnknownCheckpointError(f"checkpoint 'random:{arch}': unknown architecture ({_message(error)})") from None
     folder.mkdir(parents=True, exist_ok=True)
     save_checkpoint(path, model, config, state={"epoch": 0}, metrics={"top1": None, "top5": None})
     return path.resolve()
@@ -274,7 +287,8 @@ def check_checkpoint_spec(spec: str) -> None:
 
         arch = spec[len(RANDOM_PREFIX):]
         if arch not in ARCHS:
-            raise KeyError(f"checkpoint {spec!r}: unknown architecture {arch!r}; valid: {', '.join(sorted(ARCHS))}")
+            raise UnknownCheckpointError(f"checkpoint {spec!r}: unknown architecture {arch!r}; "
+                                         f"valid: {', '.join(sorted(ARCHS))}")
         return
     if _looks_like_path(spec):
         path = Path(spec).expanduser()
@@ -364,23 +378,12 @@ def prepare_dataset(spec: str, work: str | os.PathLike | None = None, *, data_ro
 
 
 def generate_synthetic(work: Path, options: dict[str, Any] | None = None) -> Path:
-    """The synthetic MajajHong2015-shaped dataset for `options`, generated into the work folder once."""
-    import shutil
-
+    """The synthetic MajajHong2015-shaped dataset for `options` (keyword arguments of
+    neural_data.synth.generate: n_images, n_sites, reps, seed, image_size), generated into
+    <work>/datasets once and reused after."""
     from neural_data import synth
 
-    options = {**SYNTHETIC_DATASET, **(options or {})}
-    folder = work / "datasets" / f"synthetic-{digest(options)[:12]}"
-    if (folder / "dataset.toml").is_file():
-        return folder
-    partial = folder.with_name(folder.name + f".partial-{os.getpid()}")
-    shutil.rmtree(partial, ignore_errors=True)
-    synth.generate(partial, **options)
-    try:
-        partial.rename(folder)
-    except OSError:  # another process finished the same folder first: theirs is identical
-        shutil.rmtree(partial, ignore_errors=True)
-    return folder
+    return synth.cached(**{**SYNTHETIC_DATASET, **(options or {})}, cache_dir=work / "datasets")
 
 
 @functools.lru_cache(maxsize=4)
@@ -394,3 +397,219 @@ def load_dataset(spec: str, kwargs_json: str = "{}"):
 def dataset_of(ref: dict[str, Any]):
     """The NeuralDataset behind a `prepare_dataset` reference."""
     return load_dataset(ref["spec"], json.dumps(ref.get("kwargs", {}), sort_keys=True))
+
+
+# --------------------------------------------------------------------------------------------------
+# Extraction, fits, report
+# --------------------------------------------------------------------------------------------------
+
+
+def protocol_spec(name: str = "paper", options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A validated, JSON-able protocol: every field of pipeline.protocols.Protocol plus the PLS
+    `n_components` (default 25), so that it keys caches. options: e.g. {"n_splits": 2, "n_components": 10}."""
+    import dataclasses
+
+    from pipeline.protocols import get_protocol
+
+    options = dict(options or {})
+    n_components = int(options.pop("n_components", N_COMPONENTS))
+    if n_components < 1:
+        raise ValueError(f"protocol option 'n_components' must be >= 1, got {n_components}")
+    return {**dataclasses.asdict(get_protocol(name, **options)), "n_components": n_components}
+
+
+def _protocol(spec: dict[str, Any]):
+    from pipeline.protocols import Protocol
+
+    return Protocol(**{key: value for key, value in spec.items() if key != "n_components"})
+
+
+def extract_checkpoint(checkpoint: str | os.PathLike, dataset: dict[str, Any], *, layers: Any = "default",
+                       image_size: int = 224, batch_size: int = 64, device: str | None = None,
+                       work: str | os.PathLike | None = None, progress: bool = False) -> dict[str, Any]:
+    """Activations of a checkpoint's layers on the dataset's stimuli, in <work>/activations.
+
+    Returns {"store": path of the complete HDF5 store, "layers": layer names in forward order}.
+    Reuses a complete store with the same content key (weights, stimuli, preprocessing, layers).
+    """
+    from models.checkpoint import load_checkpoint
+    from pipeline.extract import extract
+
+    model, meta = load_checkpoint(checkpoint)
+    store = extract(model, dataset_of(dataset).stimuli, layers=layers, image_size=image_size,
+                    batch_size=batch_size, device=device, cache_dir=work_dir(work) / "activations",
+                    model_id=str(checkpoint), progress=progress)
+    return {"store": str(store.path), "layers": list(store.layers)}
+
+
+def layer_gram(store: str, layer: str, device: str | None = None) -> str:
+    """Compute (or reuse) the cached Gram matrix X X^T of one layer; returns its file path.
+
+    Done once per layer before the fits of that layer, which then only read it.
+    """
+    from pipeline.store import ActivationStore
+
+    activations = ActivationStore(store)
+    activations.gram(layer, device=device)
+    return str(activations.gram_path(layer))
+
+
+def split_batches(dataset: dict[str, Any], protocol: dict[str, Any], per_task: int) -> list[list[int]]:
+    """The protocol's split indices in consecutive batches of `per_task`: [[0..4], [5..9]]."""
+    if per_task < 1:
+        raise ValueError(f"splits_per_task must be >= 1, got {per_task}")
+    n = protocol["n_splits"]
+    return [list(range(start, min(start + per_task, n))) for start in range(0, n, per_task)]
+
+
+@dataclass
+class FitProblem:
+    """What the fits of one dataset share: averaged responses, their stimulus order and the splits."""
+
+    averaged: Any  # xarray.DataArray (presentation, neuroid)
+    site_regions: Any  # (n_sites,) str
+    splits: list  # [(train_idx, test_idx)] row indices of `averaged`
+
+
+def fit_problem(dataset: dict[str, Any], protocol: dict[str, Any]) -> FitProblem:
+    """The averaged assembly and the protocol's splits, as pipeline.score.fit_scores builds them."""
+    import numpy as np
+    import pandas as pd
+
+    averaged = dataset_of(dataset).averaged()
+    metadata = pd.DataFrame({name: np.asarray(coord.values) for name, coord in averaged.coords.items()
+                             if coord.dims == ("presentation",)}).reset_index(drop=True)
+    splits = _protocol(protocol).splits(metadata)
+    return FitProblem(averaged, averaged["region"].values.astype(str), splits)
+
+
+def fit_layer_region(store: str, dataset: dict[str, Any], *, layer: str, region: str, protocol: dict[str, Any],
+                     splits: Sequence[int]) -> dict[tuple[str, str, int], Any]:
+    """PLS fits of one layer to one region for some of the protocol's splits.
+
+    Returns {(layer, region, split): test-image predictions (n_test, n_region_sites)}: the unit of work
+    of pipeline.score.fit_scores (its `fit_one`), computed here so that the fits can be spread over
+    workers; `write_outputs` hands them back to fit_scores, which computes every score from them.
+    """
+    import numpy as np
+
+    from pipeline.score import fit_one
+    from pipeline.store import ActivationStore
+
+    problem = fit_problem(dataset, protocol)
+    activations = ActivationStore(store)
+    ids = problem.averaged["stimulus_id"].values.astype(str)
+    gram = activations.gram(layer, rows=list(ids))
+    sites = problem.site_regions == region
+    if not sites.any():
+        raise KeyError(f"dataset {dataset['identifier']}: no sites in region {region!r}")
+    Y = np.asarray(problem.averaged.transpose("presentation", "neuroid").values, dtype=np.float64)[:, sites]
+    predictions = {}
+    for split in splits:
+        train, test = problem.splits[split]
+        predictions[(layer, region, int(split))] = fit_one(gram, Y, train, test, protocol["n_components"])
+    return predictions
+
+
+class _ReplayedFits:
+    """Hands precomputed fits to pipeline.score.fit_scores through its `map_fn` hook.
+
+    fit_scores asks the store for one layer's Gram matrix, then maps its fit function over that layer's
+    (region, split) jobs; the store wrapper remembers which layer is current so `map` can return the
+    matching predictions. One job per layer is recomputed here and compared, so predictions that do not
+    belong to the job (a changed split rule, a reordered assembly) fail loudly instead of scoring wrong.
+    """
+
+    def __init__(self, store, predictions: dict):
+        self.store = store
+        self.layers = list(store.layers)
+        self.stimulus_ids = store.stimulus_ids
+        self.predictions = predictions
+        self.current = None
+
+    def gram(self, layer, device=None):
+        self.current = layer
+        return self.store.gram(layer, device=device)
+
+    def map(self, fit, jobs):
+        import numpy as np
+
+        results = []
+        for region, split in jobs:
+            key = (self.current, str(region), int(split))
+            if key not in self.predictions:
+                raise LookupError(f"no fit for layer {key[0]!r}, region {key[1]!r}, split {key[2]}")
+            results.append(self.predictions[key])
+        if jobs:
+            check = fit(jobs[0])
+            if check.shape != results[0].shape or not np.allclose(check, results[0], rtol=1e-6, atol=1e-9):
+                raise RuntimeError(f"layer {self.current!r}: a precomputed fit differs from the pipeline's own "
+                                   f"fit of {jobs[0]}; the fits and the scores disagree on splits or rows")
+        return results
+
+
+def score_checkpoint(store: str, dataset: dict[str, Any], protocol: dict[str, Any], predictions: dict,
+                     checkpoint: str):
+    """The scores xarray.Dataset of one checkpoint (pipeline.score.fit_scores) from its precomputed fits."""
+    from pipeline.score import fit_scores
+    from pipeline.store import ActivationStore
+
+    data = dataset_of(dataset)
+    replay = _ReplayedFits(ActivationStore(store), predictions)
+    return fit_scores(replay, data.averaged(), _protocol(protocol), checkpoint=checkpoint, trials=data.assembly,
+                      n_components=protocol["n_components"], dataset=dataset["identifier"], map_fn=replay.map)
+
+
+def write_outputs(scores: list, checkpoints: list[dict[str, Any]], out: str | os.PathLike) -> Path:
+    """Merge per-checkpoint scores and write the report folder (pipeline.report.write_report)."""
+    import xarray as xr
+
+    from pipeline.report import write_report
+
+    merged = xr.concat(scores, dim="checkpoint") if len(scores) > 1 else scores[0]
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_report(merged, {meta["name"]: meta for meta in checkpoints}, out)
+    return out
+
+
+def compare_runs(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike) -> Path:
+    """One comparison report from finished report folders (pipeline.report.compare)."""
+    from pipeline.report import compare
+
+    missing = [str(run) for run in run_dirs if not Path(run).is_dir()]
+    if missing:
+        raise FileNotFoundError(f"compare: run folder(s) not found: {', '.join(missing)}")
+    out = Path(out)
+    compare([Path(run) for run in run_dirs], out)
+    return out
+
+
+def run_fit(checkpoints: Sequence[str], dataset: str, *, protocol: str = "paper", layers: Any = "default",
+            out: str | os.PathLike, device: str | None = None, data_root: str | None = None,
+            work: str | os.PathLike | None = None, protocol_options: dict | None = None,
+            training: dict | None = None, training_set: dict | None = None, synthetic: dict | None = None,
+            extraction: dict | None = None, progress: bool = False) -> Path:
+    """The whole neural fit in this process, in order (what `neuralign fit` runs; the flow runs the same
+    steps as parallel, cached tasks). Returns the report folder."""
+    work = work_dir(work)
+    for spec in checkpoints:
+        check_checkpoint_spec(spec)
+    ref = prepare_dataset(dataset, work, data_root=data_root, synthetic=synthetic)
+    protocol_ = protocol_spec(protocol, protocol_options)
+    extraction = {**EXTRACTION, **(extraction or {})}
+    metas, scores = [], []
+    for spec in checkpoints:
+        meta = checkpoint_summary(resolve_checkpoint(spec, work, training=training, training_set=training_set,
+                                                     progress=progress), spec)
+        stored = extract_checkpoint(meta["path"], ref, layers=layers, device=device, work=work,
+                                    progress=progress, **extraction)
+        predictions = {}
+        for layer in stored["layers"]:
+            layer_gram(stored["store"], layer, device=device)
+            for region in ref["regions"]:
+                predictions.update(fit_layer_region(stored["store"], ref, layer=layer, region=region,
+                                                    protocol=protocol_, splits=range(protocol_["n_splits"])))
+        scores.append(score_checkpoint(stored["store"], ref, protocol_, predictions, meta["name"]))
+        metas.append(meta)
+    return write_outputs(scores, metas, out)
