@@ -138,3 +138,28 @@ def test_bad_inputs_raise_clear_errors():
         KernelPLS(5).fit(X, Y[:10])
     with pytest.raises(ValueError, match="fit_gram"):
         KernelPLS(5).predict_gram(X @ X.T)
+
+
+# ----------------------------------------------------------------------------- optional reductions
+def test_parse_reduction_and_apply():
+    from sklearn.decomposition import PCA
+    from sklearn.random_projection import SparseRandomProjection
+
+    from pipeline.reduce import Reduction, parse_reduction
+
+    assert parse_reduction("pca:1000") == Reduction("pca", 1000)
+    assert parse_reduction(None).spec == "none" and parse_reduction("srp:64").spec == "srp:64"
+    for bad in ("pca", "pca:0", "ica:5", "srp:x"):
+        with pytest.raises(ValueError, match="pca:K"):
+            parse_reduction(bad)
+    rng = np.random.default_rng(9)
+    fit_set, stimuli = rng.normal(size=(40, 30)), rng.normal(size=(25, 30))
+    pca = parse_reduction("pca:10").fit(fit_set).transform(stimuli, block_rows=7)
+    np.testing.assert_allclose(pca, PCA(10, random_state=0).fit(fit_set).transform(stimuli), atol=1e-10)
+    srp = parse_reduction("srp:12").fit(n_features=30).transform(stimuli)
+    reference = SparseRandomProjection(12, random_state=0, dense_output=True).fit(np.zeros((1, 30)))
+    np.testing.assert_allclose(srp, reference.transform(stimuli), atol=1e-12)
+    with pytest.raises(ValueError, match="separate image set"):
+        parse_reduction("pca:10").fit(None)
+    with pytest.raises(ValueError, match="at least as many"):
+        parse_reduction("pca:50").fit(fit_set)
