@@ -55,12 +55,12 @@ def module_names(model: nn.Module) -> list[str]:
     return [name for name, _ in model.named_modules() if name]
 
 
-def forward_rank(model: nn.Module) -> dict[str, int]:
-    """Position of each submodule's output in a forward pass of a sequential-style network.
+def structural_rank(model: nn.Module) -> dict[str, int]:
+    """Each submodule's position in a post-order walk: children in registration order, a parent
+    after all its descendants (its output exists only once theirs do).
 
-    Children are ranked in registration order and a parent after all its descendants (its output
-    exists only once theirs do): a post-order walk. For torchvision-style networks this is the
-    order in which forward hooks fire.
+    This is the forward order of networks that register modules in the order they use them
+    (torchvision's). Other networks need :func:`forward_order`, which watches a real forward pass.
     """
     rank: dict[str, int] = {}
 
@@ -72,6 +72,27 @@ def forward_rank(model: nn.Module) -> dict[str, int]:
 
     visit(model, "")
     return rank
+
+
+def forward_order(model: nn.Module, names: Sequence[str], example_input: torch.Tensor | int) -> list[str]:
+    """``names`` in the order their outputs appear in one eval-mode forward of ``example_input``.
+
+    example_input: a tensor, or an int ``s`` for a zero image batch (1, 3, s, s). Modules that do
+    not run on it keep their structural order after those that do.
+    """
+    if isinstance(example_input, int):
+        first = next(itertools.chain(model.parameters(), model.buffers()), None)
+        device = first.device if first is not None else "cpu"
+        example_input = torch.zeros(1, 3, example_input, example_input, device=device)
+    modes = {module: module.training for module in model.modules()}
+    try:
+        with LayerRecorder(model, names) as recorder, torch.no_grad():
+            model.eval()(example_input)
+    finally:
+        for module, training in modes.items():
+            module.training = training
+    fired = list(recorder.outputs)
+    return fired + [name for name in names if name not in recorder.outputs]
 
 
 def residual_stages(model: nn.Module) -> list[str]:
@@ -112,9 +133,14 @@ def leaf_layers(model: nn.Module) -> list[str]:
     return [name for name, module in model.named_modules() if name and not any(True for _ in module.children())]
 
 
-def resolve_layers(model: nn.Module, spec: str | Iterable[str] = "default") -> list[str]:
+def resolve_layers(
+    model: nn.Module, spec: str | Iterable[str] = "default", example_input: torch.Tensor | int | None = None
+) -> list[str]:
     """Layer names for ``spec`` ("default", "all", one name or a list of names), in forward order.
 
+    example_input: None orders by module structure (:func:`structural_rank`; right for torchvision
+    models); a tensor or an image size runs one forward pass and orders by when outputs appear
+    (:func:`forward_order`; right for any model). Extraction always records the real order.
     Raises UnknownLayerError naming the unknown layers, their nearest valid names and all valid names.
     """
     if isinstance(spec, str) and spec == "default":
@@ -137,8 +163,9 @@ def resolve_layers(model: nn.Module, spec: str | Iterable[str] = "default") -> l
                 f"Valid names: 'default', 'all', or any of {valid}"
             )
         names = requested
-    rank = forward_rank(model)
-    return sorted(dict.fromkeys(names), key=rank.__getitem__)
+    rank = structural_rank(model)
+    names = sorted(dict.fromkeys(names), key=rank.__getitem__)
+    return names if example_input is None else forward_order(model, names, example_input)
 
 
 # ------------------------------------------------------------------------------------------ hooks
@@ -338,6 +365,8 @@ def _extract_batches(model, stimuli, f: h5py.File, preprocessing, layers, device
             if recorder.missing():
                 raise RuntimeError(f"layers {recorder.missing()} did not run in {type(model).__name__}.forward")
             _write_batch(f, ranges[b], recorder.outputs, batch_size)
+            if not np.any(f["done"][()]):  # first batch written: the hooks fired in forward order
+                f.attrs["layers"] = json.dumps(list(recorder.outputs))
             f["done"][b] = True
             f.flush()
             calls = dict(recorder.calls)
@@ -401,9 +430,10 @@ def extract(
         try:
             calls = _extract_batches(model, stimuli, f, preprocessing, layer_names, device, num_workers, progress)
             metadata.update(
+                layers=json.loads(f.attrs["layers"]),
                 batch_size=int(f.attrs["batch_size"]),
                 device=str(device),
-                shapes={layer: list(f["activations"][layer].shape) for layer in layer_names},
+                shapes={layer: list(f["activations"][layer].shape) for layer in json.loads(f.attrs["layers"])},
                 reused_modules={name: n for name, n in calls.items() if n > 1},
             )
             f.attrs["metadata"] = json.dumps(metadata, sort_keys=True)

@@ -135,6 +135,47 @@ def test_unknown_layer_names_its_nearest_matches(resnet):
     assert isinstance(error.value, LookupError)
 
 
+def test_forward_order_follows_the_forward_pass_not_registration():
+    class Backwards(nn.Module):  # registers the head first, runs it last
+        def __init__(self):
+            super().__init__()
+            self.head = nn.Linear(8, 2)
+            self.body = nn.Sequential(nn.Conv2d(3, 2, 3, padding=1), nn.AdaptiveAvgPool2d(2), nn.Flatten())
+
+        def forward(self, x):
+            return self.head(self.body(x))
+
+    model = Backwards()
+    assert resolve_layers(model) == ["head", "body"]  # structure alone cannot know
+    assert resolve_layers(model, example_input=SIZE) == ["body", "head"]
+    assert resolve_layers(model, "all", example_input=torch.zeros(2, 3, SIZE, SIZE)) == [
+        "body.0", "body.1", "body.2", "head"]
+
+
+def test_project_resnet_with_real_stimulus_set(tmp_path):
+    """models.resnet18 registers maxpool before bn1/relu; extraction still records forward order."""
+    import models
+    import pandas as pd
+    from neural_data import FolderImages, StimulusSet
+
+    rng = np.random.default_rng(3)
+    ids = [f"stim{i}" for i in range(6)]
+    for i, stimulus_id in enumerate(ids):
+        shape = (18, 22) if i % 2 else (18, 22, 3)  # gray and colour files
+        Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).save(tmp_path / f"{stimulus_id}.png")
+    stimuli = StimulusSet(pd.DataFrame({"stimulus_id": ids}), FolderImages(tmp_path))
+    model = models.resnet18(width=0.25, num_classes=10)
+    assert resolve_layers(model, example_input=SIZE) == RESNET_DEFAULT
+    store = run(model, stimuli, tmp_path / "cache")
+    assert store.layers == RESNET_DEFAULT and store.stimulus_ids == ids
+    assert store.metadata["layers"] == RESNET_DEFAULT
+    x = preprocess_images([stimuli.open(s) for s in ids], Preprocessing(image_size=SIZE))
+    with LayerRecorder(model.eval(), store.layers) as recorder, torch.no_grad():
+        model(x)
+    for layer in store.layers:
+        np.testing.assert_allclose(store.features(layer)[()], recorder.outputs[layer].numpy(), rtol=1e-5, atol=1e-6)
+
+
 # ----------------------------------------------------------------------------------- hooks
 
 
