@@ -72,8 +72,14 @@ class Geometry:
     def transpose(self, y: Tensor, weight: Tensor, input_shape) -> Tensor:
         """B x_{l+1}: the weight applied backward to a layer output (the adjoint of `apply`)."""
         if self.conv:
-            return torch.nn.grad.conv2d_input(
-                list(input_shape), weight, y, self.stride, self.padding, self.dilation, self.groups)
+            # conv_transpose2d rather than nn.grad.conv2d_input: same values, but its gradient w.r.t. the
+            # weight is one ordinary weight-gradient conv instead of a double backward.
+            output_padding = tuple(
+                size - ((out - 1) * s - 2 * p + d * (k - 1) + 1)
+                for size, out, s, p, d, k in zip(input_shape[-2:], y.shape[-2:], self.stride, self.padding,
+                                                  self.dilation, weight.shape[-2:]))
+            return F.conv_transpose2d(y, weight, None, self.stride, self.padding, output_padding, self.groups,
+                                      self.dilation)
         return y @ weight
 
     def correlate(self, x: Tensor, y: Tensor, weight_shape) -> Tensor:
