@@ -49,7 +49,7 @@ def write_report(scores: xr.Dataset | Sequence[xr.Dataset], checkpoints_meta=Non
         ``checkpoint``). checkpoints_meta: list of dicts or {name: dict} with keys name, rule, arch,
         dataset (training set), top1, top5, sha256, status; missing checkpoints get empty fields.
     """
-    ds = merge_scores(scores) if not isinstance(scores, xr.Dataset) else scores
+    ds = merge_scores(scores) if not isinstance(scores, xr.Dataset) else _per_checkpoint_only(scores)
     meta = _meta_by_name(checkpoints_meta, ds)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -126,6 +126,19 @@ def merge_scores(datasets: Sequence[xr.Dataset]) -> xr.Dataset:
     for v in per_site:
         merged[v] = first[v]
     return merged.assign_coords(layer_depth=("layer", np.arange(len(layers))))
+
+
+def _per_checkpoint_only(ds: xr.Dataset) -> xr.Dataset:
+    """Undo a plain ``xr.concat(..., dim="checkpoint")``, which also stacks the checkpoint-free
+    variables (ceilings); they must agree across checkpoints."""
+    for name in ("ceiling", "site_ceiling"):
+        if name in ds and "checkpoint" in ds[name].dims:
+            values = ds[name].values
+            if not np.allclose(values, values[:1], equal_nan=True):
+                raise ValueError(f"scores: {name!r} differs between checkpoints; were they scored on the same "
+                                 "trial-level assembly?")
+            ds = ds.assign({name: ds[name].isel(checkpoint=0, drop=True)})
+    return ds
 
 
 # --------------------------------------------------------------------------- rows

@@ -104,8 +104,10 @@ def test_scores_roundtrip_and_compare_merges_runs(tmp_path, two_checkpoints):
     assert loaded.attrs["protocol_n_splits"] == 2
     paths = compare([tmp_path / "run1", tmp_path / "run2"], tmp_path / "merged")
     direct = write_report(list(two_checkpoints), META, tmp_path / "direct")
-    assert paths["summary_csv"].read_bytes() == direct["summary_csv"].read_bytes()
-    assert paths["best_layers"].read_bytes() == direct["best_layers"].read_bytes()
+    concatenated = write_report(xr.concat(list(two_checkpoints), dim="checkpoint"), META, tmp_path / "concat")
+    for other in (paths, concatenated):
+        assert other["summary_csv"].read_bytes() == direct["summary_csv"].read_bytes()
+        assert other["best_layers"].read_bytes() == direct["best_layers"].read_bytes()
 
 
 def test_merging_different_layers_keeps_first_seen_order():
