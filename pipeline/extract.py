@@ -30,7 +30,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .preprocess import Preprocessing, batch_ranges, iter_pixel_batches, normalize
-from .store import FORMAT, VERSION, ActivationStore, chunk_shape, write_json_atomic
+from .store import FORMAT, VERSION, ActivationStore, chunk_shape, resolve_device, write_json_atomic
 
 DEFAULT_CACHE_DIR = Path(os.environ.get("NEURALIGN_CACHE_DIR", Path.home() / ".cache" / "neuralign" / "activations"))
 
@@ -239,13 +239,6 @@ def evaluating_on(model: nn.Module, device: torch.device):
             module.training = training
 
 
-def resolve_device(device=None) -> torch.device:
-    """``None`` -> CUDA when available, else CPU."""
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 # ------------------------------------------------------------------------------------- cache key
 
 
@@ -367,6 +360,7 @@ def _extract_batches(model, stimuli, f: h5py.File, preprocessing, layers, device
             _write_batch(f, ranges[b], recorder.outputs, batch_size)
             if not np.any(f["done"][()]):  # first batch written: the hooks fired in forward order
                 f.attrs["layers"] = json.dumps(list(recorder.outputs))
+            f.flush()  # the rows reach the file before the flag that vouches for them
             f["done"][b] = True
             f.flush()
             calls = dict(recorder.calls)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import os
-import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Sequence
 
@@ -49,7 +49,8 @@ def write_json_atomic(path: Path, payload: dict) -> None:
     os.replace(tmp, path)
 
 
-def _resolve_device(device) -> torch.device:
+def resolve_device(device=None) -> torch.device:
+    """``None`` -> CUDA when available, else CPU."""
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
@@ -71,32 +72,25 @@ def blockwise_gram(dataset: h5py.Dataset, device=None, panel_bytes: int = PANEL_
     products run in float64 (float32 inputs are exact in float64), on ``device`` (default: CUDA when
     present); reading the next panel overlaps the current product.
     """
-    device = _resolve_device(device)
+    device = resolve_device(device)
     n = dataset.shape[0]
     gram = torch.zeros((n, n), dtype=torch.float64, device=device)
     panels = _panels(dataset, panel_bytes)
     if not panels:
         return gram.cpu().numpy()
 
-    def read(bounds):
+    def read(bounds: tuple[int, int]) -> torch.Tensor:
         start, stop = bounds
         return torch.from_numpy(np.ascontiguousarray(dataset[:, start:stop], dtype=np.float32))
 
-    pending = {}
-
-    def prefetch(i):
-        reader = threading.Thread(target=lambda: pending.__setitem__(i, read(panels[i])))
-        reader.start()
-        return reader
-
-    reader = prefetch(0)
-    for i in range(len(panels)):
-        reader.join()
-        panel = pending.pop(i)
-        if i + 1 < len(panels):
-            reader = prefetch(i + 1)
-        x = panel.to(device, non_blocking=True).double()
-        gram.addmm_(x, x.T)
+    with ThreadPoolExecutor(max_workers=1) as reader:  # torch's GEMM releases the GIL, so they overlap
+        next_panel = reader.submit(read, panels[0])
+        for i in range(len(panels)):
+            panel = next_panel.result()
+            if i + 1 < len(panels):
+                next_panel = reader.submit(read, panels[i + 1])
+            x = panel.to(device).double()
+            gram.addmm_(x, x.T)
     return gram.cpu().numpy()
 
 
