@@ -117,14 +117,7 @@ def average_repetitions(assembly: xr.DataArray, stimulus_ids: list[str] | None =
     if missing:
         raise DatasetError(f"assembly has responses to stimuli not in the stimulus set: {missing[:5]}")
     codes = np.fromiter((position[sid] for sid in presented), dtype=np.int64, count=len(presented))
-    values = np.asarray(assembly.transpose(PRESENTATION, NEUROID).values, dtype=np.float64)
-    finite = np.isfinite(values)
-    sums = np.zeros((len(order), values.shape[1]))
-    counts = np.zeros((len(order), values.shape[1]))
-    np.add.at(sums, codes, np.where(finite, values, 0.0))
-    np.add.at(counts, codes, finite)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        means = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+    means = _grouped_nanmean(np.asarray(assembly.transpose(PRESENTATION, NEUROID).values), codes, len(order))
     table = stimulus_table if stimulus_table is not None else pd.DataFrame({"stimulus_id": order})
     coords: dict[str, Any] = {"stimulus_id": (PRESENTATION, np.asarray(order, dtype=str))}
     coords.update(_presentation_metadata(table, np.asarray(order, dtype=str)))
@@ -133,6 +126,22 @@ def average_repetitions(assembly: xr.DataArray, stimulus_ids: list[str] | None =
             coords[name] = (NEUROID, coord.values)
     return xr.DataArray(means.astype(assembly.dtype if assembly.dtype.kind == "f" else np.float64),
                         dims=(PRESENTATION, NEUROID), coords=coords, attrs=dict(assembly.attrs))
+
+
+def _grouped_nanmean(values: np.ndarray, codes: np.ndarray, n_groups: int) -> np.ndarray:
+    """(n_groups, n_sites) float64 mean of the finite values of each group; NaN where a group has none.
+
+    A sparse (group x presentation) indicator matrix does the sums in one product, in float64.
+    """
+    from scipy import sparse
+
+    finite = np.isfinite(values)
+    indicator = sparse.csr_matrix((np.ones(codes.size), (codes, np.arange(codes.size))),
+                                  shape=(n_groups, codes.size))
+    sums = indicator @ np.where(finite, values, 0.0).astype(np.float64)
+    counts = indicator @ finite.astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(counts > 0, sums / np.maximum(counts, 1.0), np.nan)
 
 
 def assembly_hash(assembly: xr.DataArray, stimuli: StimulusSet) -> str:
