@@ -32,7 +32,11 @@ from tqdm.auto import tqdm
 from .preprocess import Preprocessing, batch_ranges, iter_pixel_batches, normalize
 from .store import FORMAT, VERSION, ActivationStore, chunk_shape, resolve_device, write_json_atomic
 
-DEFAULT_CACHE_DIR = Path(os.environ.get("NEURALIGN_CACHE_DIR", Path.home() / ".cache" / "neuralign" / "activations"))
+
+def default_cache_dir() -> Path:
+    """``$NEURALIGN_CACHE_DIR``, else ``~/.cache/neuralign/activations``."""
+    return Path(os.environ.get("NEURALIGN_CACHE_DIR", Path.home() / ".cache" / "neuralign" / "activations"))
+
 
 # Top-level modules outside the residual stages whose outputs are pre-activations: the default layer
 # list skips them (the stem's ReLU / max-pool outputs carry the same information, post-nonlinearity).
@@ -401,7 +405,7 @@ def extract(
     model_class = f"{type(model).__module__}.{type(model).__qualname__}"
     weights, stimulus_hash = weights_sha256(model), stimuli_sha256(stimuli)
     key = cache_key(weights, stimulus_hash, preprocessing, layer_names, model_class)
-    cache_dir = Path(cache_dir) if cache_dir is not None else DEFAULT_CACHE_DIR
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     cache_dir.mkdir(parents=True, exist_ok=True)
     final = cache_dir / f"{key}.h5"
     with _exclusive(cache_dir / f"{key}.lock"):
