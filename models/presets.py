@@ -27,14 +27,15 @@ class _Strict(BaseModel):
 
 
 class LayerOps(_Strict):
-    """Backward-pass layer operations of Appendix B.1.3 (the rows of Table 5), all off by default.
+    """Backward-pass layer operations of Appendix B.1.3 (the rows of Table 5).
 
     `fo_*` act on the forward path output f_l (W only), `bo_*` on the backward path output b_l (B only),
     `bi_*` on the input to the backward pass. bwmc = mean-centre across the batch, fwmc = mean-centre
-    across features, fwl2n = centre then L2-normalise across features.
+    across features, fwl2n = centre then L2-normalise across features. Defaults match the engine's
+    `models.alignment.AlignmentOptions` (forward-path bias on, everything else off).
     """
 
-    fo_bias: bool = False
+    fo_bias: bool = True
     fo_relu: bool = False
     fo_bwmc: bool = False
     fo_fwmc: bool = False

@@ -1,0 +1,224 @@
+"""The trainer: schedules, parameter groups, update noise, Kolen-Pollack transport, divergence reporting,
+determinism, resume, logs. Tiny ResNets on 16x16 images, a few steps each."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import models
+from models.checkpoint import load_checkpoint, read_checkpoint, weights_sha256
+from models.data import ArrayDataset
+from models.presets import TrainConfig, load_preset, with_overrides
+from models.train import (DIVERGED_ACCURACY, add_update_noise, alignment_lr, build_optimizers, evaluate,
+                          forward_lr, split_parameters, train)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    torch.set_num_threads(1)  # 2 OpenMP threads on a busy 2-core machine are many times slower
+
+
+@pytest.fixture(scope="module")
+def digits():
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    images, labels = (data.images / 16.0).astype(np.float32), data.target
+    return (ArrayDataset(images[:96], labels[:96], image_size=16, name="digits-train"),
+            ArrayDataset(images[96:144], labels[96:144], image_size=16, name="digits-val"))
+
+
+def tiny(rule="sa", **overrides) -> TrainConfig:
+    base = load_preset(rule) if rule in ("bp", "fa", "kp", "sa", "aa", "wm", "ia_tpe") else TrainConfig(rule=rule)
+    settings = dict(epochs=2, batch_size=32, width=0.0625, small_input=True, image_size=16, warmup_epochs=0,
+                    lr_drops=[], num_classes=10)
+    settings.update(overrides)
+    return with_overrides(base, **settings)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Schedules
+
+
+def test_forward_schedule_warmup_drops_and_delay():
+    config = TrainConfig(lr=0.8, warmup_epochs=2, lr_drops=[3, 5], lr_drop_factor=0.1, delay_epochs=1)
+    steps = 10  # per epoch
+    assert forward_lr(config, 0, steps) == 0.0 and forward_lr(config, 9, steps) == 0.0  # delay epoch: J off
+    assert forward_lr(config, 10, steps) == pytest.approx(0.8 * 1 / 20)  # warm-up starts after the delay
+    assert forward_lr(config, 29, steps) == pytest.approx(0.8)
+    assert forward_lr(config, 39, steps) == pytest.approx(0.8)
+    assert forward_lr(config, 40, steps) == pytest.approx(0.08)  # epoch 3 of J = epoch 4 of the run
+    assert forward_lr(config, 60, steps) == pytest.approx(0.008)
+
+
+def test_alignment_schedule_syncs_drops_and_warms_up_only_without_delay():
+    delayed = TrainConfig(lr_drops=[2], delay_epochs=1, alignment={"lr": 0.5, "warmup_epochs": 6})
+    assert alignment_lr(delayed, 0, 10) == 0.5  # full rate during the delay, no warm-up
+    assert alignment_lr(delayed, 29, 10) == 0.5
+    assert alignment_lr(delayed, 30, 10) == pytest.approx(0.05)  # J's drop at its epoch 2, shifted by 1
+    warm = TrainConfig(lr_drops=[2], delay_epochs=0, alignment={"lr": 0.5, "warmup_epochs": 1})
+    assert alignment_lr(warm, 4, 10) == pytest.approx(0.25)
+    own = TrainConfig(lr_drops=[2], alignment={"lr": 0.5, "lr_drops": [1]})
+    assert alignment_lr(own, 10, 10) == pytest.approx(0.05)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Parameter groups, optimizers, noise
+
+
+def _model(config):
+    from models.checkpoint import build_model_from_config, rule_from_config
+
+    model = build_model_from_config(config)
+    return model, rule_from_config(config)
+
+
+def test_weight_decay_only_on_forward_kernels_and_b_placement():
+    for rule in ("sa", "kp", "fa", "bp"):
+        config = tiny(rule)
+        model, rule_obj = _model(config)
+        backward = {id(p) for p in models.backward_parameters(model)}
+        groups = split_parameters(model, rule_obj)
+        optimizer = build_optimizers(config, groups)["forward"]
+        decay_group, free_group = optimizer.param_groups
+        assert decay_group["weight_decay"] == config.weight_decay and free_group["weight_decay"] == 0
+        forward_decay = [p for p in decay_group["params"] if id(p) not in backward]
+        assert forward_decay and all(p.ndim > 1 for p in forward_decay)
+        assert all(p.ndim == 1 for p in free_group["params"])  # BN weights/biases and linear biases
+        in_forward_opt = sum(id(p) in backward for p in decay_group["params"])
+        if rule == "kp":
+            assert in_forward_opt == len(backward) > 0  # B in W's group: same update rule, same decay
+        else:
+            assert in_forward_opt == 0
+        assert [id(p) for p in groups["backward"]] == ([id(p) for p in models.backward_parameters(model)]
+                                                       if rule == "sa" else [])
+        if rule == "fa":
+            assert not any(p.requires_grad for p in models.backward_parameters(model))
+
+
+def test_update_noise_is_scaled_by_the_learning_rate():
+    weights = torch.nn.Parameter(torch.zeros(200_000))
+    optimizer = torch.optim.SGD([weights], lr=0.05)
+    add_update_noise(optimizer, sigma=2.0, generator=torch.Generator().manual_seed(1))
+    assert weights.detach().std().item() == pytest.approx(2.0 * 0.05, rel=0.02)
+    assert abs(weights.detach().mean().item()) < 1e-3
+    again = torch.nn.Parameter(torch.zeros(200_000))
+    add_update_noise(torch.optim.SGD([again], lr=0.05), 2.0, torch.Generator().manual_seed(1))
+    assert torch.equal(weights, again)  # same seed, same noise (what keeps DDP replicas identical)
+
+
+def test_kolen_pollack_b_receives_exactly_w_updates(tmp_path, digits):
+    config = tiny("kp", weight_decay=0.0, epochs=1)
+    torch.manual_seed(0)
+    model, _ = _model(config)
+    torch.manual_seed(0)
+    initial = {name: (layer.weight.detach().clone(), layer.weight_backward.detach().clone())
+               for name, layer in models.asymmetric_layers(model)}
+    path = train(config, digits[0], None, tmp_path, progress=False)
+    trained, _ = load_checkpoint(path)
+    for name, layer in models.asymmetric_layers(trained):
+        w0, b0 = initial[name]
+        assert not torch.allclose(layer.weight, w0)  # W did move...
+        torch.testing.assert_close(layer.weight_backward - layer.weight, b0 - w0, atol=1e-6, rtol=0)  # ...and B with it
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Whole runs
+
+
+def test_training_learns_logs_and_records_metadata(tmp_path, digits):
+    train_set, val_set = digits
+    path = train(tiny("sa", epochs=3, alignment={"lr": 1e-2}), train_set, val_set, tmp_path, progress=False)
+    lines = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+    assert [line["epoch"] for line in lines] == [1, 2, 3]
+    for line in lines:
+        assert {"task_loss", "alignment_loss", "top1", "top5", "lr", "alignment_lr", "layers"} <= set(line)
+        assert set(line["layers"]) == {name for name, _ in models.asymmetric_layers(_model(tiny("sa"))[0])}
+    angles = [np.mean([v["angle_deg"] for v in line["layers"].values()]) for line in lines]
+    assert angles[-1] < angles[0] < 90  # SA pulls B towards W
+    assert lines[-1]["task_loss"] < lines[0]["task_loss"]
+    model, metadata = load_checkpoint(path)
+    assert metadata["status"] == "ok" and metadata["rule"] == "sa" and metadata["epoch"] == 3
+    assert metadata["dataset"] == "digits-train" and metadata["seed"] == 0
+    assert metadata["top1"] == pytest.approx(lines[-1]["top1"])
+    assert metadata["sha256"] == weights_sha256(model)
+    assert evaluate(model, val_set, batch_size=16)["top1"] == pytest.approx(metadata["top1"])
+
+
+def test_reruns_are_identical_and_seed_matters(tmp_path, digits):
+    config = tiny("aa", epochs=1, alternating=True, update_noise=0.01,
+                  alignment={"input_noise": 0.5, "optimizer": "adam", "lr": 1e-3})
+    first = read_checkpoint(train(config, digits[0], None, tmp_path / "a", progress=False))["metadata"]["sha256"]
+    second = read_checkpoint(train(config, digits[0], None, tmp_path / "b", progress=False))["metadata"]["sha256"]
+    other = read_checkpoint(train(with_overrides(config, seed=1), digits[0], None, tmp_path / "c",
+                                  progress=False))["metadata"]["sha256"]
+    assert first == second != other
+
+
+def test_interrupted_run_resumes_to_identical_weights(tmp_path, digits):
+    # delay epoch (R only) + alternating + input noise + update noise: every RNG stream and optimizer state
+    config = tiny("aa", epochs=2, delay_epochs=1, alternating=True, update_noise=0.01, lr_drops=[1],
+                  alignment={"input_noise": 0.5, "optimizer": "adam", "lr": 1e-3})
+    straight = train(config, digits[0], digits[1], tmp_path / "straight", progress=False)
+    stopped = train(config, digits[0], digits[1], tmp_path / "resumed", progress=False, stop_after_epoch=2)
+    assert read_checkpoint(stopped)["metadata"]["epoch"] == 2
+    resumed = train(config, digits[0], digits[1], tmp_path / "resumed", progress=False, resume=True)
+    a, b = read_checkpoint(straight), read_checkpoint(resumed)
+    assert a["metadata"]["epoch"] == b["metadata"]["epoch"] == 3
+    assert a["metadata"]["sha256"] == b["metadata"]["sha256"]
+    for name in a["model"]:
+        assert torch.equal(a["model"][name], b["model"][name]), name
+    log = [json.loads(line)["epoch"] for line in (tmp_path / "resumed" / "train_log.jsonl").read_text().splitlines()]
+    assert log == [1, 2, 3]
+    with pytest.raises(ValueError, match="cannot resume.*rule"):
+        train(with_overrides(config, rule="sa", terms={"self": 1.0, "decay": 1.0}), digits[0], None,
+              tmp_path / "resumed", progress=False, resume=True)
+
+
+def test_delay_epochs_train_only_b(tmp_path, digits):
+    config = tiny("sa", epochs=0, delay_epochs=1)
+    torch.manual_seed(0)
+    model, _ = _model(config)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    trained, _ = load_checkpoint(train(config, digits[0], None, tmp_path, progress=False))
+    for name, parameter in trained.named_parameters():
+        moved = not torch.equal(parameter, before[name])
+        assert moved == name.endswith("weight_backward"), name
+
+
+def test_alignment_divergence_is_reported_with_step_and_layer(tmp_path, digits, capsys):
+    # amp without decay is unbounded below; a huge plain-GD rate makes R overflow within a few steps
+    config = tiny("amp=1", epochs=2, alignment={"optimizer": "sgd", "lr": 1e30})
+    path = train(config, digits[0], digits[1], tmp_path, progress=False)
+    metadata = json.loads(path.with_suffix(".json").read_text())
+    layer_names = {name for name, _ in models.asymmetric_layers(_model(config)[0])}
+    assert metadata["status"] == "diverged"
+    assert metadata["top1"] == metadata["top5"] == DIVERGED_ACCURACY
+    assert metadata["diverged_at"]["layer"] in layer_names
+    step = metadata["diverged_at"]["step"]
+    assert 0 < step < 6
+    message = capsys.readouterr().err
+    assert f"step {step}" in message and metadata["diverged_at"]["layer"] in message
+    last = json.loads((tmp_path / "train_log.jsonl").read_text().splitlines()[-1])
+    assert last["status"] == "diverged" and last["diverged_at"]["step"] == step
+
+
+def test_task_divergence_names_the_task_loss(tmp_path, digits):
+    path = train(tiny("bp", epochs=1, lr=1e30), digits[0], None, tmp_path, progress=False)
+    metadata = json.loads(path.with_suffix(".json").read_text())
+    assert metadata["status"] == "diverged" and metadata["diverged_at"]["layer"] is None
+    assert metadata["diverged_at"]["loss"] == "task loss"
+
+
+def test_evaluate_top1_top5_against_direct_computation(digits):
+    torch.manual_seed(3)
+    model, _ = _model(tiny("fa"))
+    result = evaluate(model, digits[1], batch_size=7)
+    model.eval()
+    with torch.no_grad():
+        logits = model(digits[1].images)
+    labels = digits[1].labels
+    ranks = (logits > logits.gather(1, labels[:, None])).sum(1)
+    assert result["top1"] == pytest.approx((ranks == 0).float().mean().item())
+    assert result["top5"] == pytest.approx((ranks < 5).float().mean().item())
