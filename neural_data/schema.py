@@ -112,11 +112,13 @@ def average_repetitions(assembly: xr.DataArray, stimulus_ids: list[str] | None =
     """
     presented = assembly["stimulus_id"].values.astype(str)
     order = list(dict.fromkeys(presented)) if stimulus_ids is None else list(stimulus_ids)
-    position = {sid: index for index, sid in enumerate(order)}
-    missing = sorted(set(presented) - set(position))
-    if missing:
+    index = pd.Index(order)
+    if not index.is_unique:
+        raise DatasetError(f"stimulus ids are not unique: {sorted(index[index.duplicated()].unique())[:5]}")
+    codes = index.get_indexer(presented)
+    if (codes < 0).any():
+        missing = sorted(set(presented[codes < 0]))
         raise DatasetError(f"assembly has responses to stimuli not in the stimulus set: {missing[:5]}")
-    codes = np.fromiter((position[sid] for sid in presented), dtype=np.int64, count=len(presented))
     means = _grouped_nanmean(np.asarray(assembly.transpose(PRESENTATION, NEUROID).values), codes, len(order))
     table = stimulus_table if stimulus_table is not None else pd.DataFrame({"stimulus_id": order})
     coords: dict[str, Any] = {"stimulus_id": (PRESENTATION, np.asarray(order, dtype=str))}
@@ -136,10 +138,12 @@ def _grouped_nanmean(values: np.ndarray, codes: np.ndarray, n_groups: int) -> np
     from scipy import sparse
 
     finite = np.isfinite(values)
+    filled = values.astype(np.float64)  # float64 sums: no drift over ~50 repetitions
+    filled[~finite] = 0.0
     indicator = sparse.csr_matrix((np.ones(codes.size), (codes, np.arange(codes.size))),
                                   shape=(n_groups, codes.size))
-    sums = indicator @ np.where(finite, values, 0.0).astype(np.float64)
-    counts = indicator @ finite.astype(np.float64)
+    sums = indicator @ filled
+    counts = indicator.astype(np.float32) @ finite.astype(np.float32)  # small integers: exact in float32
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(counts > 0, sums / np.maximum(counts, 1.0), np.nan)
 

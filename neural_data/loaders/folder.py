@@ -39,7 +39,7 @@ def read_manifest(folder: Path) -> dict:
     path = folder / MANIFEST
     if not path.is_file():
         raise FileNotFoundError(f"{path}: not found (a folder dataset needs a {MANIFEST}; "
-                                f"see neural_data/loaders/folder.py for the layout)")
+                                f"see neural_data/README.md, 'Adding a dataset')")
     try:
         manifest = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as error:
