@@ -59,22 +59,28 @@ def resolve_data_root(given=None) -> Path:
 
 
 def load_majajhong2015(selection: str = "paper", data_root=None, *, stimuli=None, images=None,
-                       check_images: bool = True) -> NeuralDataset:
-    """Load a MajajHong2015 selection ("paper", "public" or "private") from the user's files."""
+                       id_column: str | None = None, check_images: bool = True,
+                       min_per_category: int = 4) -> NeuralDataset:
+    """Load a MajajHong2015 selection ("paper", "public" or "private") from the user's files.
+
+    For brainio files, `stimuli` (CSV), `images` (zip or folder) and `id_column` override what is found
+    beside the assemblies.
+    """
     if selection not in SELECTIONS:
         raise ValueError(f"unknown MajajHong2015 selection '{selection}'; valid: {', '.join(SELECTIONS)}")
     root = resolve_data_root(data_root)
     variations = SELECTIONS[selection]
     netcdfs, hdf5s = _find_files(root)
     if netcdfs:
-        dataset = _from_brainio(_needed_netcdfs(netcdfs, variations, root), stimuli=stimuli, images=images)
+        dataset = _from_brainio(_needed_netcdfs(netcdfs, variations, root), stimuli=stimuli, images=images,
+                                id_column=id_column)
     elif hdf5s:
         dataset = load_dicarlo_hdf5(hdf5s[0])
     else:
         raise DataNotAvailableError(f"{root}: no .nc or .hdf5 file found; expected {ACCEPTED}")
     dataset = _select(dataset, variations, NAMES[selection])
     validate(dataset.assembly, dataset.stimuli, source=dataset.source, stratify_by="category_name",
-             check_images=check_images)
+             check_images=check_images, min_per_category=min_per_category)
     return dataset
 
 
@@ -103,8 +109,9 @@ def _needed_netcdfs(netcdfs: list[Path], variations, root: Path) -> list[Path]:
     return chosen
 
 
-def _from_brainio(paths: list[Path], stimuli=None, images=None) -> NeuralDataset:
-    parts = [load_brainio(path, stimuli=stimuli, images=images, time_window=TIME_WINDOW_MS) for path in paths]
+def _from_brainio(paths: list[Path], stimuli=None, images=None, id_column=None) -> NeuralDataset:
+    parts = [load_brainio(path, stimuli=stimuli, images=images, time_window=TIME_WINDOW_MS, id_column=id_column)
+             for path in paths]
     if len(parts) == 1:
         return parts[0]
     return concat_datasets(parts, source=", ".join(map(str, paths)))
@@ -150,7 +157,7 @@ def _select(dataset: NeuralDataset, variations, name: str) -> NeuralDataset:
     stimuli = StimulusSet(table[table["stimulus_id"].isin(presented)], dataset.stimuli.sources,
                           source=dataset.stimuli.source)
     regions = pd.Series(assembly["region"].values.astype(str)).value_counts().to_dict()
-    if name == NAMES["paper"] and (regions.get("IT"), regions.get("V4")) != (168, 88):
+    if (regions.get("IT"), regions.get("V4")) != (168, 88):
         warnings.warn(f"{dataset.source}: {regions} sites after dropping unreliable ones; the paper used 168 IT + "
                       f"88 V4", stacklevel=3)
     return NeuralDataset(name=name, assembly=assembly, stimuli=stimuli, stratify_by="category_name",

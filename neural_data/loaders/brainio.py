@@ -147,12 +147,13 @@ def default_images(csv_path: Path) -> Path | None:
 def load_brainio(path: str | os.PathLike, *, stimuli: str | os.PathLike | None = None,
                  images: str | os.PathLike | list | None = None, variable: str | None = None,
                  name: str | None = None, time_window=(70, 170), stratify_by: str = "category_name",
-                 citation: str = "") -> NeuralDataset:
+                 citation: str = "", id_column: str | None = None) -> NeuralDataset:
     """Load a brainio NetCDF assembly with its stimulus CSV and images (zip or folder).
 
     `stimuli`: the stimulus CSV (default: a CSV beside the file, or one folder down, that lists every
     presented stimulus). `images`: zip(s) or folder(s) (default: a zip with the CSV's stem, the only zip
     beside it, or the CSV's folder). `time_window`: (start, end) ms whose bins are averaged.
+    `id_column`: the CSV's stimulus id column when it is neither `stimulus_id` nor `image_id`.
     """
     path = Path(path)
     raw = read_brainio_array(path, variable)
@@ -166,7 +167,7 @@ def load_brainio(path: str | os.PathLike, *, stimuli: str | os.PathLike | None =
                                 f"pass stimuli=<csv> (columns image_id or stimulus_id, object_name, ...)")
     if not csv_path.is_file():
         raise FileNotFoundError(f"{csv_path}: stimulus CSV not found")
-    table = normalize_stimulus_table(pd.read_csv(csv_path), source=str(csv_path))
+    table = normalize_stimulus_table(pd.read_csv(csv_path), id_column, source=str(csv_path))
     table = table[table["stimulus_id"].isin(presented)].reset_index(drop=True)
     locations = images if isinstance(images, (list, tuple)) else [images or default_images(csv_path)]
     stimulus_set = StimulusSet(table, [image_source(loc) for loc in locations], source=str(csv_path))

@@ -100,8 +100,9 @@ def test_majajhong_paper_selection_from_public_and_private(tmp_path):
 def test_majajhong_public_private_and_env_var(tmp_path, monkeypatch):
     table, _, _ = write_brainio_release(tmp_path / "mh")
     monkeypatch.setenv("NEURALIGN_MAJAJHONG2015", str(tmp_path / "mh"))
-    public = neural_data.load("MajajHong2015.public")
-    private = neural_data.load("MajajHong2015.private")
+    with pytest.warns(UserWarning, match="168 IT"):
+        public = neural_data.load("MajajHong2015.public")
+        private = neural_data.load("MajajHong2015.private")
     assert set(public.stimuli.table["variation"]) == {0, 3}
     assert set(private.stimuli.table["variation"]) == {6}
     assert len(public.stimuli) + len(private.stimuli) == len(table)
@@ -190,3 +191,20 @@ def test_real_brainio_excerpt():
     assert dataset.stimuli.open(dataset.stimuli.stimulus_ids[0]).size == (256, 256)
     tito_p = [n for n in assembly["neuroid_id"].values if n.startswith("Tito_L_P")]
     assert set(excluded_sites()) <= set(tito_p)  # the exclusion list names real sites
+
+
+@pytest.mark.skipif(not (REAL / "test_data.nc").is_file() or not (REAL.parent / "hvm_meta.csv").is_file(),
+                    reason="real MajajHong2015 excerpt or HvM metadata not present")
+def test_real_excerpt_through_the_majajhong_selection():
+    """The excerpt is all variation 0 (public); the HvM table supplies the variations. Brain-Score's
+    exclusion list leaves exactly 88 of the 128 V4 sites."""
+    dataset = neural_data.load("MajajHong2015.public", data_root=REAL / "test_data.nc",
+                               stimuli=REAL.parent / "hvm_meta.csv", id_column="id",
+                               images=REAL / "images_brainio_collection", min_per_category=1)
+    assert dataset.sites_per_region() == {"IT": 168, "V4": 88}
+    assert len(dataset.stimuli) == 25 and set(dataset.stimuli.table["variation"]) == {0}
+    assert dataset.stimuli.missing_images() == []
+    with pytest.raises(DatasetError, match=r"no presentation with variation in \[6\]"):
+        neural_data.load("MajajHong2015.private", data_root=REAL / "test_data.nc",
+                         stimuli=REAL.parent / "hvm_meta.csv", id_column="id",
+                         images=REAL / "images_brainio_collection")
