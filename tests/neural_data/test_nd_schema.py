@@ -202,3 +202,15 @@ def test_identifier_changes_with_content(pair):
     assert first.identifier.startswith("t-")
     assert first.regions == ["V4", "IT"]
     assert isinstance(first.averaged(), xr.DataArray) and first.averaged().shape == (12, 7)
+
+
+def test_stimulus_sets_survive_pickling_after_use(tmp_path):
+    """Datasets travel to worker processes (Dask): an open zip handle must not be pickled."""
+    import pickle
+
+    ids = ["a", "b"]
+    write_zip(tmp_path / "images.zip", ids)
+    stimulus_set = StimulusSet(pd.DataFrame({"stimulus_id": ids}), ZipImages(tmp_path / "images.zip"))
+    before = stimulus_set.image_bytes("a")
+    copy = pickle.loads(pickle.dumps(stimulus_set))
+    assert copy.image_bytes("a") == before and copy.stimulus_ids == ids
