@@ -61,11 +61,15 @@ def list_datasets() -> list[str]:
     return sorted(_LOADERS)
 
 
+def _unknown(name: str) -> UnknownDatasetError:
+    return UnknownDatasetError(f"unknown dataset '{name}': not a registered name and not an existing path; "
+                               f"registered: {', '.join(sorted(_LOADERS))}")
+
+
 def loader_for(name: str) -> Callable[..., NeuralDataset]:
     _read_entry_points()
     if name not in _LOADERS:
-        raise UnknownDatasetError(f"unknown dataset '{name}': not a registered name and not an existing path; "
-                                  f"registered: {', '.join(sorted(_LOADERS))}")
+        raise _unknown(name)
     return _LOADERS[name]
 
 
@@ -95,5 +99,4 @@ def load(name_or_path: str | Path, **kwargs) -> NeuralDataset:
         return load_dicarlo_hdf5(path, **kwargs)
     if path.exists():
         raise UnknownDatasetError(f"{path}: not a dataset folder (with dataset.toml), .nc or .hdf5 file")
-    loader_for(str(name_or_path))  # raises with the list of registered names
-    raise AssertionError("unreachable")
+    raise _unknown(str(name_or_path))
