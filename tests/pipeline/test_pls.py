@@ -4,6 +4,7 @@ import warnings
 import numpy as np
 import pytest
 from sklearn.cross_decomposition import PLSRegression
+from threadpoolctl import threadpool_limits
 
 from pipeline.pls import KernelPLS, center_gram, fit_predict_gram, gram_blocks
 
@@ -27,7 +28,9 @@ def _relative(pred, ref, y_train):
 
 
 def _converged_sklearn(X, Y, Xt, n_components=25):
-    with warnings.catch_warnings():
+    # one BLAS thread: sklearn's power iterations are matrix-vector products, which slow down
+    # tenfold when threads contend on a busy 2-core machine
+    with warnings.catch_warnings(), threadpool_limits(1):
         warnings.simplefilter("ignore")
         return PLSRegression(n_components, scale=False, max_iter=100000, tol=1e-14).fit(X, Y).predict(Xt)
 
@@ -42,7 +45,8 @@ def test_predictions_equal_converged_sklearn(make, shape):
     assert ours.shape == ref.shape
     assert _relative(ours, ref, Y) < 1e-5
     # sklearn's default tol stops early; we must be much closer to the converged answer.
-    default = PLSRegression(25, scale=False).fit(X, Y).predict(Xt)
+    with threadpool_limits(1):
+        default = PLSRegression(25, scale=False).fit(X, Y).predict(Xt)
     default_gap = _relative(default, ref, Y)
     print(f"{make.__name__}: ours vs converged {_relative(ours, ref, Y):.2e}, "
           f"default tol vs converged {default_gap:.2e}")

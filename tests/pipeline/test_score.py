@@ -8,6 +8,7 @@ import pytest
 import xarray as xr
 from scipy.stats import pearsonr
 from sklearn.cross_decomposition import PLSRegression
+from threadpoolctl import threadpool_limits
 
 from pipeline.score import fit_one, fit_scores
 
@@ -41,7 +42,7 @@ def test_matches_direct_sklearn_and_scipy_computation():
     categories = pd.DataFrame({"category_name": assembly["category_name"].values})
     train, test = get_protocol("paper", n_splits=2).splits(categories)[1]
     it = assembly.isel(neuroid=assembly["region"].values == "IT").values
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), threadpool_limits(1):
         warnings.simplefilter("ignore")
         pls = PLSRegression(5, scale=False, max_iter=100000, tol=1e-14).fit(features[train], it[train])
     pred = pls.predict(features[test])
@@ -186,3 +187,19 @@ def test_hidden_features_recover_planted_predictivity_and_ceiling(synthetic):
         assert float(res["ceiling"].sel(region=region)) == pytest.approx(planted["noise_ceiling"], abs=0.03)
         assert str(res["best_layer"].sel(checkpoint="model", region=region).values) == "hidden"
     assert res.attrs["dataset"] == dataset.identifier
+
+
+def test_activation_store_from_extract_scores_like_its_features(synthetic, tmp_path):
+    torch = pytest.importorskip("torch")
+    extract = pytest.importorskip("pipeline.extract").extract
+    dataset, _, _ = synthetic
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 5, stride=4), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(3),
+                                torch.nn.Flatten(), torch.nn.Linear(36, 10))
+    store = extract(model, dataset.stimuli, layers=["1", "4"], image_size=32, batch_size=64,
+                    cache_dir=tmp_path, model_id="tiny", progress=False)
+    averaged = dataset.averaged()
+    from_store = fit_scores(store, averaged, n_splits=2, n_components=5)
+    arrays = {layer: np.asarray(store.features(layer)) for layer in store.layers}
+    from_arrays = fit_scores(arrays, averaged, n_splits=2, n_components=5, stimulus_ids=store.stimulus_ids)
+    assert list(from_store["layer"].values) == ["1", "4"]
+    np.testing.assert_allclose(from_store["r"].values, from_arrays["r"].values, atol=1e-8)
