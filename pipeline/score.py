@@ -29,7 +29,7 @@ import xarray as xr
 
 from .ceiling import CEILING_FORMULAS, ceiled, region_ceilings, split_half_ceiling
 from .ceiling import METHOD as CEILING_METHOD
-from .pls import KernelPLS
+from .pls import fit_predict_gram
 from .protocols import Protocol, get_protocol, pearson_per_site, summarize
 
 __all__ = ["fit_scores", "fit_one", "gram_of", "add_best_layers"]
@@ -46,8 +46,7 @@ def fit_one(gram: np.ndarray, Y: np.ndarray, train_idx, test_idx, n_components: 
     if len(train_idx) <= n_components:
         raise ValueError(f"fit_one: {len(train_idx)} training images for a {n_components}-component PLS; "
                          f"need more than {n_components}")
-    pls = KernelPLS(n_components).fit_gram(gram[np.ix_(train_idx, train_idx)], Y[train_idx])
-    return pls.predict_gram(gram[np.ix_(test_idx, train_idx)])
+    return fit_predict_gram(gram, Y, train_idx, test_idx, n_components)
 
 
 def gram_of(features, device=None) -> np.ndarray:
