@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .convert import asymmetric_layers
-from .primitives import FUNCTIONS, Geometry, LayerTensors
+from .primitives import FUNCTIONS, Geometry, LayerTensors, closed_form, has_closed_form
 
 __all__ = ["AlignmentOptions", "alignment_loss", "clear_stash", "MissingActivationsError"]
 
@@ -118,11 +118,41 @@ def alignment_loss(model: nn.Module, options: Optional[AlignmentOptions] = None
     for name, layer in asymmetric_layers(model):
         if not layer.rule.needs_alignment_loss:
             continue
-        tensors = _layer_tensors(name, layer, options)
-        per_layer[name] = sum(weight * FUNCTIONS[p](tensors) for p, weight in layer.rule.terms.items())
+        per_layer[name] = _layer_loss(layer.rule.terms, _layer_tensors(name, layer, options))
     if not per_layer:
         return torch.zeros(()), per_layer
     return torch.stack(list(per_layer.values())).sum(), per_layer
+
+
+def _layer_loss(terms, tensors: LayerTensors) -> Tensor:
+    """sum_k weight_k * P_k; terms with a closed-form gradient skip autograd's elementwise graph."""
+    value, gradient, loss = 0.0, None, None
+    for primitive, weight in terms.items():
+        if has_closed_form(primitive, tensors):
+            v, g = closed_form(primitive, tensors)
+            value = value + weight * v
+            gradient = weight * g if gradient is None else gradient.add_(g, alpha=weight)
+        else:
+            term = weight * FUNCTIONS[primitive](tensors)
+            loss = term if loss is None else loss + term
+    if gradient is not None:
+        closed = _ValueWithGradient.apply(tensors.B, value, gradient)
+        loss = closed if loss is None else loss + closed
+    return loss
+
+
+class _ValueWithGradient(torch.autograd.Function):
+    """A scalar `value` whose gradient w.r.t. B is the given tensor (both computed without a graph)."""
+
+    @staticmethod
+    def forward(ctx, B, value, gradient):
+        ctx.save_for_backward(gradient)
+        return value.clone()
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (gradient,) = ctx.saved_tensors
+        return grad_output * gradient, None, None
 
 
 def _layer_tensors(name: str, layer, options: AlignmentOptions) -> LayerTensors:

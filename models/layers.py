@@ -19,6 +19,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 from .rules import Rule, get_rule
 
@@ -33,6 +34,7 @@ class _AsymLinearFunction(torch.autograd.Function):
         return F.linear(x, weight, bias)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_out):
         x, weight_backward = ctx.saved_tensors
         need_x, need_w, need_b, need_bias = ctx.needs_input_grad[:4]
@@ -56,6 +58,7 @@ class _AsymConv2dFunction(torch.autograd.Function):
         return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_out):
         x, weight_backward = ctx.saved_tensors
         stride, padding, dilation, groups, transport, bias_sizes = ctx.conf

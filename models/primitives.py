@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["Geometry", "LINEAR", "LayerTensors", "FUNCTIONS", "decay", "amp", "null", "sparse", "self_", "angle"]
+__all__ = ["Geometry", "LINEAR", "LayerTensors", "FUNCTIONS", "closed_form", "has_closed_form", "decay", "amp", "null", "sparse", "self_", "angle"]
 
 
 @dataclass(frozen=True)
@@ -175,6 +175,28 @@ def angle(t: LayerTensors, grad_next: Tensor) -> Tensor:
     Not used by `alignment_loss`: the kp rule realises this term by transport in the layer.
     """
     return (t.geometry.apply(t.x_l, t.B) * grad_next).sum()
+
+
+def closed_form(name: str, t: LayerTensors) -> tuple[Tensor, Tensor]:
+    """(value, gradient w.r.t. B) of decay, self or amp-by-correlation without building a graph.
+
+    These are Table 1's gradient column as code; the alignment loss uses them because a dot product and a
+    scaled copy cost a few passes over B where autograd through elementwise products costs about twice as many.
+    """
+    B = t.B.detach()
+    with torch.no_grad():
+        if name == "decay":
+            return 0.5 * torch.dot(B.flatten(), B.flatten()), B
+        if name == "self":
+            return -torch.dot(B.flatten(), t.W.flatten()), -t.W
+        if name == "amp" and t.amp_via == "correlation":
+            scale = -1.0 / t.batch_size
+            return scale * torch.dot(B.flatten(), t.correlation.flatten()), scale * t.correlation
+    raise ValueError(f"no closed form for primitive {name!r} (amp_via={t.amp_via!r})")
+
+
+def has_closed_form(name: str, t: LayerTensors) -> bool:
+    return name in ("decay", "self") or (name == "amp" and t.amp_via == "correlation")
 
 
 # Name -> function for the primitives an alignment loss can sum ("angle" needs the pseudogradient).

@@ -127,3 +127,21 @@ def test_primitive_values_have_the_documented_signs():
     assert P.amp(t) < 0 and P.sparse(t) > 0 and P.null(t) > 0 and P.decay(t) > 0
     t_self = P.LayerTensors(B.detach().clone(), B)
     assert torch.isclose(P.self_(t_self), -2 * P.decay(t_self))
+
+
+@pytest.mark.parametrize("case", ["linear", "conv"])
+@pytest.mark.parametrize("name", ["decay", "self", "amp"])
+def test_closed_forms_equal_autograd_of_the_primitive(name, case):
+    """The graph-free (value, gradient) the alignment loss uses equals the primitive and its autograd."""
+    if case == "linear":
+        W, B, x, y = linear_case()
+        geometry = P.LINEAR
+    else:
+        W, B, x, y = conv_case()
+        geometry = P.Geometry(True, CONV["stride"], CONV["padding"], CONV["dilation"], 1)
+    tensors = P.LayerTensors(W, B, x, y, geometry, amp_via="correlation")
+    assert P.has_closed_form(name, tensors)
+    value, gradient = P.closed_form(name, tensors)
+    assert torch.isclose(value, P.FUNCTIONS[name](tensors).detach(), rtol=1e-12)
+    assert torch.allclose(gradient, grad_wrt_B(P.FUNCTIONS[name], tensors), rtol=1e-10, atol=1e-12)
+    assert not P.has_closed_form("amp", P.LayerTensors(W, B, x, y, geometry, amp_via="reconstruction"))
