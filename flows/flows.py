@@ -85,7 +85,7 @@ def gram(store: str, layer: str, device: str | None) -> str:
     return jobs.layer_gram(store, layer, device=device)
 
 
-@task(name="fit", task_run_name="fit {checkpoint_name} {layer} {region} splits {splits[0]}-{splits[-1]}",
+@task(name="fit", task_run_name="fit {checkpoint_name} {layer} {region} splits {splits}",
       persist_result=True,
       cache_key_fn=content_key("checkpoint_digest", "dataset_id", "layer", "region", "protocol", "splits"),
       **TRANSIENT)

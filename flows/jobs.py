@@ -561,15 +561,14 @@ def score_checkpoint(store: str, dataset: dict[str, Any], protocol: dict[str, An
 
 
 def write_outputs(scores: list, checkpoints: list[dict[str, Any]], out: str | os.PathLike) -> Path:
-    """Merge per-checkpoint scores and write the report folder (pipeline.report.write_report)."""
-    import xarray as xr
-
+    """Write the report folder of per-checkpoint scores (pipeline.report.write_report merges them):
+    scores.nc, summary.csv/.json, best_layers.csv, checkpoints.json, report.md/.html, PNG plots."""
     from pipeline.report import write_report
 
-    merged = xr.concat(scores, dim="checkpoint") if len(scores) > 1 else scores[0]
+    if not scores:
+        raise ValueError("write_outputs: no scores to report (no checkpoints were given)")
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_report(merged, {meta["name"]: meta for meta in checkpoints}, out)
+    write_report(list(scores), {meta["name"]: meta for meta in checkpoints}, out)
     return out
 
 

@@ -15,12 +15,16 @@ import os
 from pathlib import Path
 
 from prefect import serve as prefect_serve
+from prefect.deployments.runner import EntrypointType
 
 from flows import jobs
 from flows.flows import compare, neural_fit, train_rule
 
 DEFAULT_RULES = ("bp", "fa", "wm", "ia", "sa", "aa", "kp")
 DEFAULT_CHECKPOINTS = [*DEFAULT_RULES, "random:resnet18"]
+# Runs import the flows as `flows.flows`: by file path the module would be named `flows` and shadow the
+# package in Dask workers, which unpickle tasks by module name.
+MODULE = EntrypointType.MODULE_PATH
 
 
 def deployments(work: Path | None = None) -> list:
@@ -39,6 +43,7 @@ def deployments(work: Path | None = None) -> list:
                 "out": str(runs / "neural-fit-default"),
             },
             tags=["neuralign", "default"],
+            entrypoint_type=MODULE,
         ),
         neural_fit.to_deployment(
             name="majajhong2015",
@@ -52,18 +57,21 @@ def deployments(work: Path | None = None) -> list:
                 "extraction": {"image_size": 224, "batch_size": 64},
             },
             tags=["neuralign", "real-data"],
+            entrypoint_type=MODULE,
         ),
         train_rule.to_deployment(
             name="default",
             description="Train one rule on the built-in synthetic object images (CPU-sized).",
             parameters={"rule": "fa", "data": "builtin:synthetic"},
             tags=["neuralign"],
+            entrypoint_type=MODULE,
         ),
         compare.to_deployment(
             name="default",
             description="Merge finished neural-fit report folders into one comparison report.",
             parameters={"out": str(runs / "compare")},
             tags=["neuralign"],
+            entrypoint_type=MODULE,
         ),
     ]
 

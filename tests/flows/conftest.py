@@ -110,16 +110,32 @@ class Services:
         except Exception:  # noqa: BLE001 - not registered yet (ObjectNotFound) or server busy
             return False
 
-    def run_deployment(self, name: str, params: dict, timeout_s: float = 240) -> tuple[int, str, str]:
+    def run_deployment(self, name: str, params: dict, timeout_s: float = 300) -> tuple[int, str, str]:
         """`prefect deployment run NAME --params JSON --watch`: (exit code, flow run id, output)."""
-        command = [str(BIN / "prefect"), "--no-prompt", "deployment", "run", name,
-                   "--params", json.dumps(params), "--watch", "--watch-interval", "1"]
-        result = subprocess.run(command, cwd=ROOT, env=self.env, capture_output=True, text=True,
-                                timeout=timeout_s, start_new_session=True)
-        output = result.stdout + result.stderr
-        match = re.search(r"UUID:\s*([0-9a-f-]{36})", output)
-        assert match, f"no flow run id in the output of {' '.join(command)}:\n{output}"
-        return result.returncode, match.group(1), output
+        return self.run_deployments([(name, params)], timeout_s)[0]
+
+    def run_deployments(self, runs: list[tuple[str, dict]], timeout_s: float = 300) -> list[tuple[int, str, str]]:
+        """Several `prefect deployment run ... --watch` at once; one (exit code, flow run id, output) each."""
+        processes = []
+        for name, params in runs:
+            command = [str(BIN / "prefect"), "--no-prompt", "deployment", "run", name,
+                       "--params", json.dumps(params), "--watch", "--watch-interval", "1"]
+            processes.append(subprocess.Popen(command, cwd=ROOT, env=self.env, stdout=subprocess.PIPE,
+                                              stderr=subprocess.STDOUT, text=True, start_new_session=True))
+        results = []
+        deadline = time.monotonic() + timeout_s
+        for process in processes:
+            try:
+                output, _ = process.communicate(timeout=max(1.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                stop_group(process)
+                output = process.stdout.read() if process.stdout else ""
+                raise TimeoutError(f"{' '.join(process.args)} did not finish in {timeout_s}s:\n{output}\n"
+                                   f"serve.log:\n{self.log_tail('serve.log')}") from None
+            match = re.search(r"UUID:\s*([0-9a-f-]{36})", output)
+            assert match, f"no flow run id in the output of {' '.join(process.args)}:\n{output}"
+            results.append((process.returncode, match.group(1), output))
+        return results
 
     def stop_all(self) -> None:
         for process in reversed(self.processes):  # serve before the server

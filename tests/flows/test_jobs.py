@@ -143,3 +143,19 @@ def test_predictions_that_do_not_match_their_job_are_refused(extracted, dataset)
         predictions[key] = predictions[key] + 1.0
     with pytest.raises(RuntimeError, match=f"layer '{first_layer}'.*differs from the pipeline's own fit"):
         jobs.score_checkpoint(extracted["store"], dataset, protocol, predictions, "random")
+
+
+def test_run_fit_writes_a_report_and_compare_merges_two_runs(random_checkpoint, dataset, work, tmp_path):
+    import csv
+
+    common = dict(dataset=jobs.SYNTHETIC, synthetic=TINY_DATA, work=work, layers=["layer4.1", "avgpool"],
+                  protocol_options=TINY_PROTOCOL, extraction={"image_size": 16, "batch_size": 32})
+    first = jobs.run_fit([str(random_checkpoint)], out=tmp_path / "a", **common)
+    rows = list(csv.DictReader(open(first / "summary.csv")))
+    assert len(rows) == 2 * 2 and all(np.isfinite(float(row["median_r"])) for row in rows)
+    second = jobs.run_fit(["random:resnet18"], out=tmp_path / "b", training=TINY_TRAINING, training_set=TINY_SET,
+                          **common)
+    merged = jobs.compare_runs([first, second], tmp_path / "ab")
+    assert (merged / "summary.csv").is_file() and (merged / "report.md").is_file()
+    with pytest.raises(FileNotFoundError, match="not found"):
+        jobs.compare_runs([tmp_path / "nowhere"], tmp_path / "x")
