@@ -193,10 +193,11 @@ class Distributed:
                 dist.all_reduce(parameter.grad)
                 parameter.grad.div_(self.world_size)
 
-    def broadcast(self, parameters: list[nn.Parameter]) -> None:
+    def broadcast(self, tensors: list[torch.Tensor]) -> None:
+        """Copy rank 0's values of parameters or buffers to every process."""
         if self.enabled:
-            for parameter in parameters:
-                dist.broadcast(parameter.data, src=0)
+            for tensor in tensors:
+                dist.broadcast(tensor.data, src=0)
 
     def sum(self, values: list[float], device) -> list[float]:
         if not self.enabled:
@@ -283,12 +284,13 @@ def seed_everything(seed: int) -> None:
 
 def train(config: TrainConfig, train_set: Dataset, val_set: Dataset | None, out_dir: str | Path,
           resume: bool = False, progress: bool = True, device: str | None = None,
-          stop_after_epoch: int | None = None) -> Path:
+          stop_after_epoch: int | None = None, on_epoch_end=None) -> Path:
     """Train as `config` says; returns the checkpoint path `out_dir/checkpoint.pt` (written every epoch).
 
     resume: continue from `out_dir/checkpoint.pt` if it exists (the config must match, except `epochs`).
     stop_after_epoch: stop (as if killed) once this many epochs are complete; resuming later continues
     exactly where an uninterrupted run would be.
+    on_epoch_end: optional `fn(model, epoch, metrics)` called on every process after each epoch's checkpoint.
     """
     out_dir = Path(out_dir)
     checkpoint_path = out_dir / CHECKPOINT_NAME
@@ -340,6 +342,9 @@ def train(config: TrainConfig, train_set: Dataset, val_set: Dataset | None, out_
             _train_epoch(run, loader, epoch, progress and distributed.is_main)
         except TrainingDiverged as diverged:
             return _record_divergence(run, diverged, epoch, checkpoint_path, dataset)
+        # DDP refreshes BN statistics from rank 0 only at the next forward; do it now so that evaluation
+        # and the checkpoint see one model.
+        distributed.broadcast(list(model.buffers()))
         metrics = _epoch_metrics(run, val_set, epoch, time.perf_counter() - started)
         if distributed.is_main:
             _append_log(out_dir / LOG_NAME, metrics)
@@ -352,6 +357,8 @@ def train(config: TrainConfig, train_set: Dataset, val_set: Dataset | None, out_
                                  {"top1": metrics.get("top1"), "top5": metrics.get("top5"), "status": "ok",
                                   "task_loss": metrics["task_loss"], "alignment_loss": metrics["alignment_loss"]})
         distributed.barrier()
+        if on_epoch_end is not None:
+            on_epoch_end(model, epoch + 1, metrics)
         if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch:
             break
     if writer is not None:

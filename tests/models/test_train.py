@@ -222,3 +222,27 @@ def test_evaluate_top1_top5_against_direct_computation(digits):
     ranks = (logits > logits.gather(1, labels[:, None])).sum(1)
     assert result["top1"] == pytest.approx((ranks == 0).float().mean().item())
     assert result["top5"] == pytest.approx((ranks < 5).float().mean().item())
+
+
+def test_cli_train_and_sweep_noise(tmp_path, capsys):
+    from flows.cli import main
+
+    tiny_args = ["--data", "builtin:digits", "--epochs", "1", "--width", "0.0625", "--small-input",
+                 "--image-size", "16", "--batch-size", "256", "--no-progress", "--threads", "1"]
+    assert main(["train", "--preset", "sa", "--out", str(tmp_path / "sa"), *tiny_args]) == 0
+    metadata = json.loads((tmp_path / "sa" / "checkpoint.json").read_text())
+    assert (metadata["preset"], metadata["status"], metadata["epoch"]) == ("sa", "ok", 1)
+    assert metadata["dataset"].startswith("builtin:digits")
+    assert metadata["config"]["width"] == 0.0625 and metadata["config"]["small_input"] is True
+
+    assert main(["sweep-noise", "--rules", "bp,fa", "--sigmas", "0,1000", "--out", str(tmp_path / "sweep"),
+                 *tiny_args]) == 0
+    rows = (tmp_path / "sweep" / "results.csv").read_text().splitlines()
+    assert rows[0].startswith("rule,sigma,top1") and len(rows) == 5
+    table = (tmp_path / "sweep" / "results.md").read_text()
+    assert table.startswith("| sigma | bp | fa |")
+    clean = {line.split(",")[0] + line.split(",")[1]: float(line.split(",")[2]) for line in rows[1:]}
+    assert clean["bp0.0"] > clean["bp1000.0"]  # enormous update noise destroys what was learned
+
+    assert main(["train", "--preset", "nope", "--out", str(tmp_path / "x"), *tiny_args]) == 2
+    assert "valid presets" in capsys.readouterr().err
