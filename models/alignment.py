@@ -129,9 +129,9 @@ def _layer_loss(terms, tensors: LayerTensors) -> Tensor:
     value, gradient, loss = 0.0, None, None
     for primitive, weight in terms.items():
         if has_closed_form(primitive, tensors):
-            v, g = closed_form(primitive, tensors)
+            v, c, T = closed_form(primitive, tensors)
             value = value + weight * v
-            gradient = weight * g if gradient is None else gradient.add_(g, alpha=weight)
+            gradient = torch.mul(T, weight * c) if gradient is None else gradient.add_(T, alpha=weight * c)
         else:
             term = weight * FUNCTIONS[primitive](tensors)
             loss = term if loss is None else loss + term

@@ -177,21 +177,22 @@ def angle(t: LayerTensors, grad_next: Tensor) -> Tensor:
     return (t.geometry.apply(t.x_l, t.B) * grad_next).sum()
 
 
-def closed_form(name: str, t: LayerTensors) -> tuple[Tensor, Tensor]:
-    """(value, gradient w.r.t. B) of decay, self or amp-by-correlation without building a graph.
+def closed_form(name: str, t: LayerTensors) -> tuple[Tensor, float, Tensor]:
+    """(value, c, T) of decay, self or amp-by-correlation, computed without a graph; gradient = c * T.
 
     These are Table 1's gradient column as code; the alignment loss uses them because a dot product and a
-    scaled copy cost a few passes over B where autograd through elementwise products costs about twice as many.
+    scaled accumulation cost a few passes over B where autograd through elementwise products costs
+    about twice as many.
     """
     B = t.B.detach()
     with torch.no_grad():
         if name == "decay":
-            return 0.5 * torch.dot(B.flatten(), B.flatten()), B
+            return 0.5 * torch.dot(B.flatten(), B.flatten()), 1.0, B
         if name == "self":
-            return -torch.dot(B.flatten(), t.W.flatten()), -t.W
+            return -torch.dot(B.flatten(), t.W.flatten()), -1.0, t.W
         if name == "amp" and t.amp_via == "correlation":
             scale = -1.0 / t.batch_size
-            return scale * torch.dot(B.flatten(), t.correlation.flatten()), scale * t.correlation
+            return scale * torch.dot(B.flatten(), t.correlation.flatten()), scale, t.correlation
     raise ValueError(f"no closed form for primitive {name!r} (amp_via={t.amp_via!r})")
 
 
