@@ -159,3 +159,17 @@ def test_run_fit_writes_a_report_and_compare_merges_two_runs(random_checkpoint, 
     assert (merged / "summary.csv").is_file() and (merged / "report.md").is_file()
     with pytest.raises(FileNotFoundError, match="not found"):
         jobs.compare_runs([tmp_path / "nowhere"], tmp_path / "x")
+
+
+def test_cli_fit_and_compare_report_bad_input_without_a_traceback(tmp_path, capsys):
+    from flows.cli import main
+    from flows.cli_pipeline import parse_layers
+
+    assert parse_layers("default") == "default" and parse_layers("layer3.1, fc") == ["layer3.1", "fc"]
+    code = main(["fit", "--checkpoint", "random:resnet18", "--dataset", "NoSuchData", "--out", str(tmp_path / "o"),
+                 "--work", str(tmp_path / "w")])
+    assert code == 2 and "unknown dataset 'NoSuchData'" in capsys.readouterr().err
+    code = main(["fit", "--checkpoint", str(tmp_path / "gone.pt"), "--dataset", "synthetic", "--out", str(tmp_path)])
+    assert code == 2 and "gone.pt" in capsys.readouterr().err
+    code = main(["compare", str(tmp_path / "nowhere"), "--out", str(tmp_path / "c")])
+    assert code == 2 and "nowhere" in capsys.readouterr().err

@@ -1,0 +1,48 @@
+"""Caching, retry and task-runner policies of flows.flows (no server needed)."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+flows_module = pytest.importorskip("flows.flows")
+
+
+def test_cache_key_follows_content_not_locations():
+    key = flows_module.content_key("checkpoint_digest", "dataset_id", "layers")
+    context = SimpleNamespace(task=SimpleNamespace(name="extract"))
+    base = {"checkpoint_digest": "abc", "dataset_id": "synthetic-1", "layers": "default", "work": "/a", "device": None}
+    same = key(context, {**base, "work": "/elsewhere", "device": "cuda"})
+    assert key(context, base) == same
+    assert key(context, {**base, "checkpoint_digest": "abd"}) != same  # a changed checkpoint recomputes
+    assert key(context, {**base, "dataset_id": "synthetic-2"}) != same
+    assert key(context, {**base, "layers": ["fc"]}) != same
+
+
+def _failed(error):
+    from prefect.states import Failed
+
+    return Failed(data=error)
+
+
+def test_bad_input_is_not_retried_but_other_failures_are():
+    retry = flows_module.retry_unless_bad_input
+    assert not retry(None, None, _failed(FileNotFoundError("checkpoint x.pt: no such file")))
+    assert not retry(None, None, _failed(KeyError("unknown rule")))
+    assert retry(None, None, _failed(OSError("connection reset")))
+    assert retry(None, None, _failed(RuntimeError("worker lost")))
+
+
+def test_task_runner_choice(monkeypatch):
+    from prefect.task_runners import ThreadPoolTaskRunner
+    from prefect_dask import DaskTaskRunner
+
+    monkeypatch.delenv(flows_module.DASK_ADDRESS_ENV, raising=False)
+    assert isinstance(flows_module.fit_task_runner("threads"), ThreadPoolTaskRunner)
+    local = flows_module.fit_task_runner(None, n_workers=3)
+    assert isinstance(local, DaskTaskRunner) and local.address is None
+    assert local.cluster_kwargs["n_workers"] == 3 and local.cluster_kwargs["threads_per_worker"] == 1
+    assert local.cluster_kwargs["dashboard_address"] == "127.0.0.1:0"  # never the shared default 8787
+    monkeypatch.setenv(flows_module.DASK_ADDRESS_ENV, "tcp://10.0.0.5:8786")
+    assert flows_module.fit_task_runner(None).address == "tcp://10.0.0.5:8786"
+    assert flows_module.fit_task_runner("tcp://127.0.0.1:9000").address == "tcp://127.0.0.1:9000"
