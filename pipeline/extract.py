@@ -301,16 +301,24 @@ def _exclusive(lock_path: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def _resumable(path: Path, key: str) -> h5py.File | None:
+    """The ``.partial`` file of this key opened for appending, or None when it cannot be resumed."""
+    try:
+        f = h5py.File(path, "a")
+    except OSError:  # killed while HDF5 metadata was being written: unreadable
+        return None
+    if f.attrs.get("key") == key and f.attrs.get("format") == FORMAT and "done" in f:
+        return f
+    f.close()
+    return None
+
+
 def _open_partial(path: Path, key: str, n_stimuli: int, batch_size: int, stimulus_ids, metadata: dict) -> h5py.File:
     """Reopen a resumable ``.partial`` file for this key, or start a fresh one."""
     if path.exists():
-        try:
-            f = h5py.File(path, "a")
-            if f.attrs.get("key") == key and f.attrs.get("format") == FORMAT and "done" in f:
-                return f
-            f.close()
-        except OSError:  # killed while HDF5 metadata was being written: unreadable, start again
-            pass
+        f = _resumable(path, key)
+        if f is not None:
+            return f
         path.unlink()
     f = h5py.File(path, "w")
     f.attrs["format"] = FORMAT

@@ -349,6 +349,19 @@ def test_resume_keeps_the_batch_size_of_the_partial_file(tmp_path):
     assert model.calls == 2 and store.metadata["batch_size"] == 4
 
 
+def test_unreadable_partial_file_is_started_again(stimuli, tmp_path):
+    clean_model = TinyNet()
+    reference = run(clean_model, stimuli, tmp_path / "clean")
+    (tmp_path / "dirty").mkdir()
+    (tmp_path / "dirty" / f"{reference.key}.h5.partial").write_bytes(b"not an HDF5 file")
+    model = TinyNet()
+    model.load_state_dict(clean_model.state_dict())
+    store = run(model, stimuli, tmp_path / "dirty")
+    assert store.key == reference.key and model.calls == 3
+    assert np.array_equal(store.features("fc")[()], reference.features("fc")[()])
+    assert not list((tmp_path / "dirty").glob("*.partial"))
+
+
 def test_reruns_are_identical(stimuli, tmp_path):
     first = run(tiny_resnet(), stimuli, tmp_path / "a")
     torch.manual_seed(0)
