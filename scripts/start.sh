@@ -39,11 +39,19 @@ start_server() {
     log "Prefect server healthy after ${waited}s"
 }
 
+# One request per deployment to GET /api/deployments/name/FLOW/NAME (no Prefect import: fast).
 deployments_exist() {
-    local name
-    for name in "${DEPLOYMENTS[@]}"; do
-        prefect --no-prompt deployment inspect "$name" >/dev/null 2>&1 || return 1
-    done
+    python - "$(server_url)" "${DEPLOYMENTS[@]}" <<'PY'
+import sys, urllib.request
+api, names = sys.argv[1], sys.argv[2:]
+try:
+    for name in names:
+        with urllib.request.urlopen(f"{api}/deployments/name/{name}", timeout=5) as response:
+            if response.status != 200:
+                sys.exit(1)
+except OSError:
+    sys.exit(1)
+PY
 }
 
 start_serve() {
