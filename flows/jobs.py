@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any, Sequence
 
 WORK_ENV = "NEURALIGN_WORK"
-REAL_DATA_ENV = {"majajhong2015": "NEURALIGN_MAJAJHONG2015"}
 RANDOM_PREFIX = "random:"
 SYNTHETIC = "synthetic"  # dataset spec: generate neural_data.synth's MajajHong2015-shaped set into the work folder
 
@@ -355,17 +354,16 @@ def prepare_dataset(spec: str, work: str | os.PathLike | None = None, *, data_ro
     """A reference to a loadable dataset: {"spec", "kwargs", "path", "identifier", "name", "regions"}.
 
     spec: `synthetic` (neural_data.synth.generate(**synthetic) into <work>/datasets/, once per setting),
-    a registered name (with `data_root`, or its environment variable, e.g. $NEURALIGN_MAJAJHONG2015),
+    a registered name (with `data_root`; without it the loader reads its environment variable, e.g.
+    $NEURALIGN_MAJAJHONG2015),
     or a dataset folder / file. The reference is small and JSON-able: tasks reload the dataset from it.
     """
     work = work_dir(work)
     kwargs: dict[str, Any] = {}
     if spec == SYNTHETIC:
         spec = str(generate_synthetic(work, synthetic))
-    else:
-        root = data_root or os.environ.get(REAL_DATA_ENV.get(spec.lower(), ""), "") or None
-        if root:
-            kwargs["root"] = str(Path(root).expanduser().resolve())
+    elif data_root:
+        kwargs["data_root"] = str(Path(data_root).expanduser().resolve())
     dataset = load_dataset(spec, json.dumps(kwargs, sort_keys=True))
     return {
         "spec": spec,

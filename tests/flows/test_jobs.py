@@ -173,3 +173,11 @@ def test_cli_fit_and_compare_report_bad_input_without_a_traceback(tmp_path, caps
     assert code == 2 and "gone.pt" in capsys.readouterr().err
     code = main(["compare", str(tmp_path / "nowhere"), "--out", str(tmp_path / "c")])
     assert code == 2 and "nowhere" in capsys.readouterr().err
+
+
+def test_real_dataset_without_its_files_says_where_to_point_it(work, monkeypatch, tmp_path):
+    monkeypatch.delenv("NEURALIGN_MAJAJHONG2015", raising=False)
+    with pytest.raises(FileNotFoundError, match="data_root.*NEURALIGN_MAJAJHONG2015"):
+        jobs.prepare_dataset("MajajHong2015", work)
+    with pytest.raises(FileNotFoundError, match=str(tmp_path / "empty")):
+        jobs.prepare_dataset("MajajHong2015", work, data_root=str(tmp_path / "empty"))
