@@ -247,6 +247,7 @@ def train_rule(
     epochs: int | None = None,
     out: str | None = None,
     training: dict | None = None,
+    training_set: dict | None = None,
 ) -> str:
     """Train one rule or preset; returns the checkpoint path.
 
@@ -255,7 +256,7 @@ def train_rule(
         sizes). out: checkpoint folder (default: a content-keyed folder under <work>/checkpoints).
     """
     path = jobs.train_checkpoint(rule, arch=arch, data=data, epochs=epochs, out=out, training=training,
-                                 work=jobs.work_dir())
+                                 training_set=training_set, work=jobs.work_dir())
     get_run_logger().info("checkpoint: %s", path)
     return str(path)
 

@@ -313,11 +313,14 @@ def checkpoint_summary(checkpoint: str | os.PathLike, spec: str | None = None) -
 
 def train_checkpoint(rule: str, *, arch: str = "resnet18", data: str = "builtin:synthetic", epochs: int | None = None,
                      out: str | os.PathLike | None = None, training: dict[str, Any] | None = None,
-                     work: str | os.PathLike | None = None, progress: bool = False) -> Path:
+                     training_set: dict[str, Any] | None = None, work: str | os.PathLike | None = None,
+                     progress: bool = False) -> Path:
     """Train one rule or preset (the `train-rule` flow); returns the checkpoint path.
 
     data `builtin:synthetic` uses the CPU-sized defaults (jobs.CPU_TRAINING); other data (`builtin:digits`,
-    an ImageNet folder) use the preset's own sizes, with `training` overrides either way.
+    an ImageNet folder) use the preset's own sizes, with `training` overrides either way; `training_set`
+    overrides jobs.TRAINING_SET. Without `out`, builtin:synthetic checkpoints go to (and are reused from)
+    the same content-keyed folders as neural-fit's.
     """
     work = work_dir(work)
     overrides = {**(training or {}), "arch": arch}
@@ -326,11 +329,11 @@ def train_checkpoint(rule: str, *, arch: str = "resnet18", data: str = "builtin:
     if data == "builtin:synthetic":
         config = training_config(rule, overrides)
         if out is None:
-            return train_or_reuse(config, work, progress=progress)
+            return train_or_reuse(config, work, training_set=training_set, progress=progress)
         from models.presets import with_overrides
         from models.train import train
 
-        train_set, val_set = builtin_training_set(config.image_size)
+        train_set, val_set = builtin_training_set(config.image_size, training_set)
         config = with_overrides(config, num_classes=train_set.num_classes)
         return Path(train(config, train_set, val_set, Path(out), resume=True, progress=progress)).resolve()
     from models import data as model_data

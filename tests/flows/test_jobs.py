@@ -181,3 +181,11 @@ def test_real_dataset_without_its_files_says_where_to_point_it(work, monkeypatch
         jobs.prepare_dataset("MajajHong2015", work)
     with pytest.raises(FileNotFoundError, match=str(tmp_path / "empty")):
         jobs.prepare_dataset("MajajHong2015", work, data_root=str(tmp_path / "empty"))
+
+
+def test_train_checkpoint_into_a_given_folder(tmp_path):
+    path = jobs.train_checkpoint("kp", data="builtin:synthetic", out=tmp_path / "kp", training=TINY_TRAINING,
+                                 training_set=TINY_SET, work=tmp_path / "work")
+    assert path.parent == (tmp_path / "kp").resolve()
+    meta = jobs.checkpoint_metadata(path)
+    assert meta["rule"] == "kp" and meta["config"]["width"] == TINY_TRAINING["width"] and meta["epoch"] == 1
