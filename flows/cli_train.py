@@ -38,12 +38,17 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int)
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
+    parser.add_argument("--workers", type=int, help="data-loading worker processes")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def _overrides(args) -> dict:
+    image_size = args.image_size
+    if image_size is None and args.arch and args.arch.endswith("_v2"):
+        image_size = 299  # the paper trains the pre-activation (v2) ResNets on 299x299 images
     return {"arch": args.arch, "epochs": args.epochs, "batch_size": args.batch_size, "width": args.width,
-            "small_input": args.small_input, "image_size": args.image_size, "seed": args.seed}
+            "small_input": args.small_input, "image_size": image_size, "seed": args.seed,
+            "num_workers": args.workers}
 
 
 def _setup(args):
@@ -88,7 +93,7 @@ def _sweep(args) -> int:
         raise ValueError(f"--sigmas must be comma-separated numbers, got {args.sigmas!r}") from None
     if not rules or not sigmas:
         raise ValueError("--rules and --sigmas each need at least one value")
-    train_set, val_set = resolve(args.data, image_size=args.image_size or 224, seed=args.seed or 0)
+    train_set, val_set = resolve(args.data, image_size=_overrides(args)["image_size"] or 224, seed=args.seed or 0)
     sweep_noise(rules, sigmas, train_set, val_set, args.out, _overrides(args), progress=not args.no_progress,
                 device=args.device)
     from pathlib import Path

@@ -20,7 +20,6 @@ backward pass that produced them, so both objectives stay in sync on every repli
 from __future__ import annotations
 
 import json
-import math
 import os
 import random
 import sys
@@ -460,10 +459,16 @@ def _transported(run: _Run) -> list[nn.Parameter]:
 
 
 def _check_finite(run: _Run, task_loss, per_layer: dict | None, alignment_total) -> None:
-    if alignment_total is not None and not torch.isfinite(alignment_total).item():
-        bad = [name for name, value in per_layer.items() if not torch.isfinite(value).item()]
+    """Raise TrainingDiverged on every process when J or R is NaN/inf on any of them."""
+    bad_alignment = alignment_total is not None and not torch.isfinite(alignment_total).item()
+    bad_task = task_loss is not None and not torch.isfinite(task_loss).item()
+    if run.distributed.enabled:  # all processes must stop together, or the others wait forever
+        bad_alignment, bad_task = (flag > 0 for flag in run.distributed.sum(
+            [float(bad_alignment), float(bad_task)], run.device))
+    if bad_alignment:
+        bad = [name for name, value in (per_layer or {}).items() if not torch.isfinite(value).item()]
         raise TrainingDiverged(run.step, bad[0] if bad else None, "alignment loss")
-    if task_loss is not None and not torch.isfinite(task_loss).item():
+    if bad_task:
         raise TrainingDiverged(run.step, None, "task loss")
 
 
@@ -527,7 +532,8 @@ def _num_classes(dataset) -> int:
 
 
 def _steps_per_epoch(n_items: int, batch_size: int, world_size: int) -> int:
-    per_process = math.ceil(n_items / world_size)
+    """Batches per epoch on each process, as `_loader` makes them (the schedules count in these steps)."""
+    per_process = n_items // world_size  # DistributedSampler(drop_last=True); all items when single
     batch = batch_size // world_size
     if per_process < batch:
         return 1
@@ -538,7 +544,7 @@ def _loader(dataset, batch: int, config: TrainConfig, epoch: int, distributed: D
     """A loader whose order depends only on (seed, epoch): identical after a resume and on every rerun."""
     from torch.utils.data import DistributedSampler, RandomSampler
 
-    drop_last = math.ceil(len(dataset) / distributed.world_size) >= batch
+    drop_last = len(dataset) // distributed.world_size >= batch
     if distributed.enabled:
         sampler = DistributedSampler(dataset, distributed.world_size, distributed.rank, shuffle=True,
                                      seed=config.seed, drop_last=True)

@@ -246,3 +246,64 @@ def test_cli_train_and_sweep_noise(tmp_path, capsys):
 
     assert main(["train", "--preset", "nope", "--out", str(tmp_path / "x"), *tiny_args]) == 2
     assert "valid presets" in capsys.readouterr().err
+
+
+def test_layer_ops_and_input_noise_reach_the_engine_options():
+    from models.train import alignment_options
+
+    config = load_preset("ia_tpe")
+    options = alignment_options(config)
+    assert options.input_noise == config.alignment.input_noise and options.noise_mode == "replace"
+    for key, value in config.layer_ops.model_dump().items():
+        assert getattr(options, key) == value, key
+    assert options.bo_fwmc and options.bo_fwl2n and not options.bi_bwmc  # Table 5, R_IA^TPE column
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Data
+
+
+def test_builtin_digits_split_is_fixed_and_normalised():
+    from models.data import IMAGENET_MEAN, builtin
+
+    train_a, val_a = builtin("digits", image_size=16, seed=0)
+    train_b, val_b = builtin("digits", image_size=16, seed=0)
+    assert torch.equal(train_a.images, train_b.images) and torch.equal(val_a.labels, val_b.labels)
+    assert len(train_a) + len(val_a) == 1797 and train_a.num_classes == 10
+    image, label = train_a[0]
+    assert image.shape == (3, 16, 16) and isinstance(label, int)
+    torch.testing.assert_close(image[0] * 0.229 + IMAGENET_MEAN[0], image[1] * 0.224 + IMAGENET_MEAN[1])  # gray
+    other_train, _ = builtin("digits", image_size=16, seed=1)
+    assert not torch.equal(other_train.labels, train_a.labels)  # the seed picks the split
+    with pytest.raises(KeyError, match="digits"):
+        builtin("mnist")
+
+
+def test_array_dataset_accepts_uint8_float_gray_and_rgb():
+    labels = np.array([0, 1, 2])
+    gray = ArrayDataset(np.full((3, 8, 8), 255, np.uint8), labels)
+    rgb = ArrayDataset(np.ones((3, 8, 8, 3), np.float32), labels, image_size=4)
+    assert gray[0][0].shape == (3, 8, 8) and rgb[0][0].shape == (3, 4, 4)
+    torch.testing.assert_close(gray.images[:, :, :4, :4], rgb.images)  # 255 uint8 == 1.0 float
+    with pytest.raises(ValueError, match="shape"):
+        ArrayDataset(np.zeros((3, 8, 8, 2)), labels)
+    with pytest.raises(ValueError, match="labels"):
+        ArrayDataset(np.zeros((3, 8, 8)), np.array([0, 1]))
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        ArrayDataset(np.full((3, 8, 8), 2.0), labels)
+
+
+def test_imagenet_folders_train_and_eval_transforms(tmp_path):
+    from PIL import Image
+
+    from models.data import imagenet
+
+    for split in ("train", "val"):
+        for cls in ("cat", "dog"):
+            (tmp_path / split / cls).mkdir(parents=True)
+            Image.new("RGB", (40, 30), (200, 10, 10)).save(tmp_path / split / cls / "a.png")
+    train_set, val_set = imagenet(tmp_path, image_size=24)
+    assert train_set[0][0].shape == val_set[0][0].shape == (3, 24, 24)
+    assert train_set.num_classes == 2 and val_set.name.endswith("/val")
+    with pytest.raises(FileNotFoundError, match="train"):
+        imagenet(tmp_path / "val")
