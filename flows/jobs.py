@@ -4,11 +4,15 @@ A fit of (checkpoints x dataset x protocol) is:
 
     resolve_checkpoint(spec)      spec -> checkpoint path (existing file, `random:ARCH`, or a rule/preset
                                   trained on the built-in synthetic object images, reused when present)
-    prepare_dataset(spec)         dataset name or folder -> DatasetRef (and the synthetic set generated
-                                  into the work folder when asked for)
-    extract_checkpoint(...)       checkpoint + stimuli -> on-disk activation store
-    fit_layer_region(...)         one layer x one region x some splits -> partial scores (xarray.Dataset)
-    write_outputs(...)            all partial scores + checkpoint metadata -> report folder
+    prepare_dataset(spec)         dataset name or folder -> small JSON-able reference (the synthetic set
+                                  is generated into the work folder when asked for)
+    extract_checkpoint(...)       checkpoint + stimuli -> on-disk activation store (pipeline.extract)
+    layer_gram(...)               one layer's Gram matrix X X^T, cached beside the store
+    fit_layer_region(...)         one layer x one region x some splits -> PLS test predictions
+    score_checkpoint(...)         all predictions of a checkpoint -> scores (pipeline.score.fit_scores)
+    write_outputs(...)            scores + checkpoint metadata -> report folder (pipeline.report)
+
+`run_fit` chains them in one process (the `neuralign fit` command).
 
 Everything here is Prefect-free; `flows.flows` wraps these functions in tasks. Everything bulky lives in
 the work folder (`$NEURALIGN_WORK`, default `./work`): checkpoints, generated datasets, activations.
@@ -19,7 +23,7 @@ import functools
 import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 

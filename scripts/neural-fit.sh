@@ -9,7 +9,10 @@ export PREFECT_API_URL="$(server_url)"
 REPORT_DIR="$NEURALIGN_WORK/runs/neural-fit-default"
 
 log "running neural-fit/default (progress: $(server_url | sed 's#/api$##')/runs)"
-prefect --no-prompt deployment run neural-fit/default --watch "$@"
+if ! prefect --no-prompt deployment run neural-fit/default --watch "$@"; then
+    log "neural-fit/default failed; its logs are in the UI ($(server_url | sed 's#/api$##')) and in $SERVE_LOG"
+    exit 1
+fi
 
 log "report: $REPORT_DIR/report.md"
 log "summary table: $REPORT_DIR/summary.csv"
