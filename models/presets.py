@@ -115,7 +115,7 @@ def load_preset(name_or_path: str | Path, **overrides) -> TrainConfig:
     ValueError naming the file and key for bad contents.
     """
     text = str(name_or_path)
-    looks_like_path = text.endswith(".toml") or "/" in text or Path(text).exists()
+    looks_like_path = isinstance(name_or_path, Path) or text.endswith(".toml") or "/" in text
     if not looks_like_path:
         if text not in preset_names():
             raise KeyError(f"unknown preset {text!r}; valid presets: {', '.join(preset_names())} (or a .toml file path)")
