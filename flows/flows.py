@@ -67,9 +67,13 @@ def prepare_dataset(spec: str, work: str, data_root: str | None, synthetic: dict
 
 @task(name="checkpoint", task_run_name="checkpoint {spec}", cache_policy=NO_CACHE, log_prints=True, **TRANSIENT)
 def resolve_checkpoint(spec: str, work: str, training: dict | None, training_set: dict | None) -> dict:
+    logger = get_run_logger()
     path = jobs.resolve_checkpoint(spec, work, training=training, training_set=training_set)
+    for record in jobs.training_log(path):
+        logger.info("%s epoch %s: task loss %s, val top1 %s", spec, record.get("epoch"), record.get("task_loss"),
+                    record.get("top1"))
     meta = jobs.checkpoint_summary(path, spec)
-    get_run_logger().info("checkpoint %s -> %s (top1 %s)", spec, path, meta.get("top1"))
+    logger.info("checkpoint %s -> %s (top1 %s, status %s)", spec, path, meta.get("top1"), meta.get("status"))
     return meta
 
 

@@ -265,6 +265,17 @@ def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
     return sha.hexdigest()
 
 
+def training_log(checkpoint: str | os.PathLike) -> list[dict[str, Any]]:
+    """The per-epoch records the trainer wrote beside a checkpoint (without per-layer metrics); [] if none."""
+    from models.train import LOG_NAME
+
+    log = Path(checkpoint).with_name(LOG_NAME)
+    if not log.is_file():
+        return []
+    records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    return [{key: value for key, value in record.items() if key != "layers"} for record in records]
+
+
 def checkpoint_digest(checkpoint: str | os.PathLike) -> str:
     """Content key of a checkpoint: the weights sha256 of its metadata plus the file's own sha256.
 

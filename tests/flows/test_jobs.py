@@ -44,6 +44,7 @@ def test_rule_is_trained_once_then_reused_and_a_new_config_trains_anew(work):
     first = jobs.resolve_checkpoint("fa", work, training=TINY_TRAINING, training_set=TINY_SET)
     meta = jobs.checkpoint_metadata(first)
     assert meta["rule"] == "fa" and meta["epoch"] == 1 and meta["top1"] is not None
+    assert [record["epoch"] for record in jobs.training_log(first)] == [1]
     stamp = first.stat().st_mtime_ns
     assert jobs.resolve_checkpoint("fa", work, training=TINY_TRAINING, training_set=TINY_SET) == first
     assert first.stat().st_mtime_ns == stamp  # reused, not retrained
