@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 
 def add_commands(subparsers) -> None:
@@ -70,6 +71,8 @@ def _train(args) -> int:
     train_set, val_set = resolve(args.data, image_size=config.image_size, seed=config.seed)
     path = train(config, train_set, val_set, args.out, resume=args.resume, progress=not args.no_progress,
                  device=args.device)
+    if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports
+        return 0
     metadata = json.loads(path.with_suffix(".json").read_text())
     if metadata["status"] == "diverged":
         at = metadata["diverged_at"]
