@@ -4,12 +4,17 @@
     .venv/bin/python bench/pls.py                  # n_train=3840, n_test=1280, 256 targets, p in {1000, 100000}
 
 For each feature count p it times
-- ours: the Gram blocks X_all X_train^T (float64, blockwise, `gram_blocks`) + `fit_gram` + `predict_gram`;
+- ours: `KernelPLS(25).fit(X_train, Y).predict(X_test)` (float64 centred Gram by blocks, exact
+  kernel NIPALS, coef_ = Xc^T dual_coef_); fit alone in brackets;
 - sklearn default settings (max_iter=500, tol=1e-6: what Brain-Score runs), when p <= --sklearn-max-p;
 - sklearn converged (max_iter=100000, tol=1e-14), when p <= --converged-max-p;
 and prints the time ratio and the max prediction difference (relative to the largest centred
 prediction). Where sklearn is not run at a p, its time is extrapolated linearly in p from the largest
 measured p (sklearn's cost is linear in p at fixed n) and marked "extrapolated".
+
+Times are process CPU seconds (time.process_time), which on a shared machine measure the work
+done rather than the wait; run single-threaded (OMP_NUM_THREADS=1) for a like-for-like comparison,
+as recorded in bench/RESULTS.md.
 
 Features are planted low-rank (50 latent factors, ReLU-like offset) plus noise, float32 like stored
 activations; targets are a noisy linear map of the latent factors.
@@ -27,7 +32,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.pls import KernelPLS, gram_blocks  # noqa: E402
+from pipeline.pls import KernelPLS  # noqa: E402
 
 
 def make_data(n: int, p: int, q: int, seed: int = 0, block: int = 8192):
@@ -43,36 +48,28 @@ def make_data(n: int, p: int, q: int, seed: int = 0, block: int = 8192):
 
 
 def ours(X, Y, n_train):
-    start = time.perf_counter()
-    K = gram_blocks(X, np.arange(n_train), device="cpu" if not _cuda() else None)
-    t_gram = time.perf_counter() - start
-    pls = KernelPLS(25).fit_gram(K[:n_train], Y[:n_train])
-    pred = pls.predict_gram(K[n_train:])
-    return pred, time.perf_counter() - start, t_gram
+    """KernelPLS through the sklearn API. Returns (predictions, fit + predict seconds, fit seconds)."""
+    start = time.process_time()
+    model = KernelPLS(25).fit(X[:n_train], Y[:n_train])
+    t_fit = time.process_time() - start
+    pred = model.predict(X[n_train:])
+    return pred, time.process_time() - start, t_fit
 
 
 def sklearn_fit(X, Y, n_train, converged):
     from sklearn.cross_decomposition import PLSRegression
 
     kwargs = dict(max_iter=100000, tol=1e-14) if converged else {}
-    start = time.perf_counter()
+    start = time.process_time()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = PLSRegression(25, scale=False, **kwargs).fit(X[:n_train], Y[:n_train])
     pred = model.predict(X[n_train:])
-    return pred, time.perf_counter() - start
+    return pred, time.process_time() - start
 
 
 def relative(a, b, y_train):
     return float(np.abs(a - b).max() / np.abs(b - y_train.mean(axis=0)).max())
-
-
-def _cuda():
-    try:
-        import torch
-        return torch.cuda.is_available()
-    except ImportError:
-        return False
 
 
 def main(argv=None):
@@ -90,8 +87,8 @@ def main(argv=None):
         args.sklearn_max_p, args.converged_max_p = 5000, 500
     n = args.n_train + args.n_test
     print(f"n_train={args.n_train} n_test={args.n_test} targets={args.targets} threads="
-          f"{os.environ.get('OMP_NUM_THREADS', 'all')} cores={os.cpu_count()} gpu={_cuda()}")
-    print("| p | ours s (gram s) | sklearn default s | ratio default/ours | sklearn converged s "
+          f"{os.environ.get('OMP_NUM_THREADS', 'all')} cores={os.cpu_count()}")
+    print("| p | ours s (fit s) | sklearn default s | ratio default/ours | sklearn converged s "
           "| ours vs converged | default vs converged |")
     print("|---|---|---|---|---|---|---|")
     warm_X, warm_Y = make_data(64, 100, 4)
@@ -99,8 +96,8 @@ def main(argv=None):
     per_feature = None  # sklearn default seconds per feature, from the largest measured p
     for p in args.p:
         X, Y = make_data(n, p, args.targets)
-        pred, t_ours, t_gram = ours(X, Y, args.n_train)
-        cells = [f"{p}", f"{t_ours:.2f} ({t_gram:.2f})"]
+        pred, t_ours, t_fit = ours(X, Y, args.n_train)
+        cells = [f"{p}", f"{t_ours:.2f} ({t_fit:.2f})"]
         default = converged = None
         if p <= args.sklearn_max_p:
             default, t_default = sklearn_fit(X, Y, args.n_train, converged=False)

@@ -42,8 +42,9 @@ def center_gram(K_train: np.ndarray, K_test: np.ndarray | None = None):
     K_train = np.asarray(K_train, dtype=np.float64)
     col_mean = K_train.mean(axis=0)  # (n,) mean_l <x_l, x_j>
     grand = col_mean.mean()
-    Kc = K_train - col_mean[None, :] - col_mean[:, None] + grand
-    Kc = (Kc + Kc.T) / 2  # exact symmetry for the eigen solves
+    Kc = K_train - col_mean[None, :]  # in place from here: K is large and this is memory-bound
+    Kc -= col_mean[:, None]
+    Kc += grand
     if K_test is None:
         return Kc, None
     K_test = np.asarray(K_test, dtype=np.float64)
@@ -147,23 +148,30 @@ class KernelPLS:
 
     # ------------------------------------------------------------------ feature API
     def fit(self, X, Y):
-        """X: (n, p) features, Y: (n, q) or (n,) targets. Returns self."""
-        X = _as_2d_float(X, "X")
+        """X: (n, p) features (numpy, float32 fine), Y: (n, q) or (n,) targets. Returns self.
+
+        The kernel path never holds a float64 copy of X: it reads column blocks, accumulates the
+        centred Gram with a symmetric rank-k update (half the flops of X X^T), and forms
+        ``coef_ = Xc^T dual_coef_`` block by block.
+        """
+        if not hasattr(X, "shape") or len(X.shape) != 2:
+            X = _as_2d_float(X, "X")
         Y, self._predict_1d = _targets(Y, X.shape[0])
         n, p = X.shape
         if self.n_components > min(n, p):
             raise ValueError(f"KernelPLS: n_components={self.n_components} exceeds "
                              f"min(n_samples={n}, n_features={p})")
-        self.x_mean_ = X.mean(axis=0)
-        Xc = X - self.x_mean_
+        self.x_mean_ = _column_mean(X)
         solver = self.solver
         if solver == "auto":
             solver = "primal" if p < n else "kernel"
         if solver == "kernel":
-            self._fit_centered_gram(Xc @ Xc.T, Y)
-            self.coef_ = Xc.T @ self.dual_coef_
+            self._fit_centered_gram(_centered_gram(X, self.x_mean_), Y)
+            self.coef_ = np.empty((p, Y.shape[1]))
+            for cols, block in _column_blocks(X, self.x_mean_):
+                self.coef_[cols] = block.T @ self.dual_coef_
         elif solver == "primal":
-            self._fit_primal(Xc, Y)
+            self._fit_primal(_as_2d_float(X, "X") - self.x_mean_, Y)
         else:
             raise ValueError(f"KernelPLS: solver must be 'auto', 'kernel' or 'primal', got {solver!r}")
         return self
@@ -172,8 +180,13 @@ class KernelPLS:
         """X: (m, p) -> predictions (m, q) (or (m,) for 1-d training targets)."""
         if not hasattr(self, "coef_"):
             raise ValueError("KernelPLS.predict: call fit(X, Y) first (or use predict_gram)")
-        X = _as_2d_float(X, "X")
-        pred = (X - self.x_mean_) @ self.coef_ + self.y_mean_
+        if not hasattr(X, "shape") or len(X.shape) != 2:
+            X = _as_2d_float(X, "X")
+        if X.shape[1] != self.coef_.shape[0]:
+            raise ValueError(f"KernelPLS.predict: X has {X.shape[1]} features, fitted on {self.coef_.shape[0]}")
+        pred = np.tile(self.y_mean_, (X.shape[0], 1))
+        for cols, block in _column_blocks(X, self.x_mean_):
+            pred += block @ self.coef_[cols]
         return pred.ravel() if self._predict_1d else pred
 
     # ------------------------------------------------------------------ Gram API
@@ -206,34 +219,46 @@ class KernelPLS:
 
     # ------------------------------------------------------------------ solvers
     def _fit_centered_gram(self, Kc: np.ndarray, Y: np.ndarray) -> None:
-        """Kernel NIPALS with exact eigen solves. Kc: (n, n) centred; Y: (n, q) raw."""
+        """Kernel NIPALS with exact eigen solves. Kc: (n, n) centred; Y: (n, q) raw.
+
+        With Q the orthonormal scores so far and P = I - Q Q^T, component k needs the dominant
+        eigenvector c of M = Y^T P K P Y (q, q). Expanding P gives
+        M = A - B^T C - C^T B + B^T D B with A = Y^T K Y, B = Q^T Y, C = (K Q)^T Y, D = Q^T K Q,
+        all small, so a component costs two (n, n) matrix-vector products; the only O(n^2 q) work
+        is K Y, once.
+        """
         n = Kc.shape[0]
         self.y_mean_ = Y.mean(axis=0)
         Yc = Y - self.y_mean_
-        KY = Kc @ Yc                                   # (n, q), the only O(n^2 q) product
-        T = np.zeros((n, 0))                           # orthonormal scores so far
-        KT = np.zeros((n, 0))                          # Kc @ T
-        U = np.zeros((n, 0))                           # y-scores Y_k c_k
+        KY = Kc @ Yc
+        A = Yc.T @ KY
+        A = (A + A.T) / 2
+        T, KT, U = [], [], []                          # unit scores, Kc @ scores, y-scores
+        B = np.zeros((0, Yc.shape[1]))                 # T^T Yc
+        C = np.zeros((0, Yc.shape[1]))                 # (Kc T)^T Yc
+        D = np.zeros((0, 0))                           # T^T Kc T
         scale = np.linalg.norm(KY) + np.finfo(float).tiny
         for _ in range(self.n_components):
-            Yk = Yc - T @ (T.T @ Yc)                                  # P Y
-            G = KY - KT @ (T.T @ Yc)                                  # K P Y
-            Z = G - T @ (T.T @ G)                                     # P K P Y = K_k Y_k
-            M = Yk.T @ Z                                              # (q, q) = Y_k^T K_k Y_k
+            BtC = B.T @ C
+            M = A - BtC - BtC.T + B.T @ (D @ B)
             c = _dominant_eigenvector((M + M.T) / 2)
-            t = Z @ c
-            t -= T @ (T.T @ t)                                        # re-orthogonalise (rounding)
+            u = _deflate(Yc @ c, T)                                   # y-score Y_k c
+            t = _deflate(Kc @ u, T)                                   # P K P Y c = K_k Y_k c
+            t = _deflate(t, T)                                        # re-orthogonalise (rounding)
             norm = np.linalg.norm(t)
             if norm <= 1e-12 * scale:                                 # X or Y residual exhausted
                 break
             t /= norm
-            T = np.column_stack([T, t])
-            KT = np.column_stack([KT, Kc @ t])
-            U = np.column_stack([U, Yk @ c])
-        self.n_components_ = T.shape[1]
-        # dual coefficients: Y_hat = Kc_test U (T^T Kc U)^{-1} T^T Yc
-        inner = T.T @ (Kc @ U)
-        self.dual_coef_ = U @ np.linalg.solve(inner, T.T @ Yc)
+            Kt = Kc @ t
+            cross = np.array([kt_j @ t for kt_j in KT])               # (K t_j)^T t = T^T K t
+            D = np.block([[D, cross[:, None]], [cross[None, :], np.array([[Kt @ t]])]])
+            B = np.vstack([B, t @ Yc])
+            C = np.vstack([C, Kt @ Yc])
+            T.append(t), KT.append(Kt), U.append(u)
+        self.n_components_ = len(T)
+        T, KT, U = (np.array(v).T.reshape(n, -1) for v in (T, KT, U))
+        # dual coefficients: Y_hat = Kc_test U (T^T Kc U)^{-1} T^T Yc   (T^T Kc = (Kc T)^T)
+        self.dual_coef_ = U @ np.linalg.solve(KT.T @ U, B)
         self.x_scores_ = T
 
     def _fit_primal(self, Xc: np.ndarray, Y: np.ndarray) -> None:
@@ -273,12 +298,53 @@ def fit_predict_gram(K, Y, train_idx, test_idx, n_components: int = 25) -> np.nd
 
 
 # --------------------------------------------------------------------------- small helpers
+BLOCK_FEATURES = 4096  # columns of X converted to float64 at a time
+
+
+def _column_blocks(X, mean: np.ndarray, width: int = BLOCK_FEATURES):
+    """Yield (slice, centred float64 block (n, <= width)) over the columns of X."""
+    for lo in range(0, X.shape[1], width):
+        cols = slice(lo, min(lo + width, X.shape[1]))
+        block = np.asarray(X[:, cols], dtype=np.float64) - mean[cols]
+        if not np.all(np.isfinite(block)):
+            raise ValueError(f"KernelPLS: X contains NaN or inf (columns {cols.start}..{cols.stop - 1})")
+        yield cols, block
+
+
+def _column_mean(X, width: int = BLOCK_FEATURES) -> np.ndarray:
+    return np.concatenate([np.asarray(X[:, lo:lo + width], dtype=np.float64).mean(axis=0)
+                           for lo in range(0, X.shape[1], width)])
+
+
+def _centered_gram(X, mean: np.ndarray) -> np.ndarray:
+    """(X - mean)(X - mean)^T, (n, n) float64, by symmetric rank-k updates (BLAS dsyrk) per block."""
+    from scipy.linalg.blas import dsyrk
+
+    n = X.shape[0]
+    K = np.zeros((n, n), order="F")
+    for _, block in _column_blocks(X, mean):
+        # block is C-ordered (n, w): as a Fortran array it is block^T, so trans=1 gives block block^T
+        K = dsyrk(1.0, block.T, beta=1.0, c=K, trans=1, overwrite_c=1)
+    upper = np.triu(K)
+    return upper + np.triu(K, 1).T
+
+
+def _deflate(v: np.ndarray, T: list) -> np.ndarray:
+    """v minus its projection on the orthonormal columns T (a list of (n,) vectors)."""
+    for t in T:
+        v = v - (t @ v) * t
+    return v
+
+
 def _dominant_eigenvector(M: np.ndarray) -> np.ndarray:
     """Unit eigenvector of the largest eigenvalue of a symmetric PSD matrix."""
     if M.shape[0] == 1:
         return np.ones(1)
-    _, vecs = np.linalg.eigh(M)
-    return vecs[:, -1]
+    from scipy.linalg import eigh
+
+    q = M.shape[0]
+    _, vec = eigh(M, subset_by_index=[q - 1, q - 1], driver="evr")  # only the top pair: cheaper
+    return vec[:, 0]
 
 
 def _as_2d_float(X, name: str) -> np.ndarray:

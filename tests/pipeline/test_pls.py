@@ -96,10 +96,13 @@ def test_gram_blocks_from_h5py_and_dask_match_full_fit(tmp_path):
     train, test = np.arange(90), np.arange(90, 120)
     with h5py.File(tmp_path / "acts.h5", "w") as f:
         f.create_dataset("layer", data=full, chunks=(120, 100))
+        f.create_dataset("train", data=X, chunks=(90, 100))
     with h5py.File(tmp_path / "acts.h5", "r") as f:
         K_h5 = gram_blocks(f["layer"], train, device="cpu", block_features=256)
+        from_h5 = KernelPLS(25).fit(f["train"], Y).predict(f["layer"][90:])  # read in column blocks
     K_dask = gram_blocks(da.from_array(full, chunks=(60, 100)), train, block_features=300)
     expected = KernelPLS(25).fit(X, Y).predict(Xt)
+    assert _relative(from_h5, expected, Y) < 1e-9
     for K in (K_h5, K_dask):
         pred = KernelPLS(25).fit_gram(K[train], Y).predict_gram(K[test])
         assert _relative(pred, expected, Y) < 1e-9
