@@ -39,7 +39,11 @@ def show_rule(args: argparse.Namespace) -> int:
     from models.rules import PRIMITIVES, get_rule
 
     preset = _find_preset(args.name)
-    rule = get_rule(args.name) if preset is None else _preset_rule(preset)
+    try:
+        rule = get_rule(args.name) if preset is None else _preset_rule(preset)
+    except KeyError as error:
+        names = _preset_names()
+        raise KeyError(f"{error.args[0]}" + (f"; presets: {', '.join(names)}" if names else "")) from None
     print(f"rule {rule.name}: {rule.describe()}")
     if not rule.tied:
         print(f"  locality: {'local' if rule.local else 'non-local'}")
@@ -65,6 +69,14 @@ def _preset_rule(preset):
     if not terms or base.tied:
         return base
     return Rule(base.name, terms, tied=base.tied, transport_updates=base.transport_updates)
+
+
+def _preset_names() -> list[str]:
+    try:
+        from models import presets
+    except ImportError:
+        return []
+    return list(getattr(presets, "PRESETS", ()))
 
 
 def _find_preset(name: str):

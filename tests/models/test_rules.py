@@ -89,3 +89,35 @@ def test_cli_lists_and_shows_rules(capsys):
     assert "1 * amp + 2 * decay" in capsys.readouterr().out
     assert main(["rules", "show", "nonsense"]) == 2
     assert "valid rules" in capsys.readouterr().err
+
+
+def test_cli_show_prints_preset_values_and_survives_missing_presets(capsys, monkeypatch):
+    import sys
+    import types
+
+    from flows.cli import main
+
+    class FakeConfig:
+        rule = "wm"
+        terms = {"amp": 2.0, "decay": 0.25}
+
+        def model_dump(self):
+            return {"rule": self.rule, "terms": self.terms, "lr": 0.125, "alternating": True}
+
+    fake = types.ModuleType("models.presets")
+    fake.PRESETS = ("wm_custom",)
+    fake.load_preset = lambda name: FakeConfig()
+    import models
+
+    monkeypatch.setitem(sys.modules, "models.presets", fake)
+    monkeypatch.setattr(models, "presets", fake, raising=False)
+    assert main(["rules", "show", "wm_custom"]) == 0
+    shown = capsys.readouterr().out
+    assert "2 * amp + 0.25 * decay" in shown and "lr = 0.125" in shown and "alternating = True" in shown
+    assert main(["rules", "show", "nothing"]) == 2
+    assert "presets: wm_custom" in capsys.readouterr().err
+
+    monkeypatch.setitem(sys.modules, "models.presets", None)  # import fails: rules still shown
+    monkeypatch.delattr(models, "presets")
+    assert main(["rules", "show", "aa"]) == 0
+    assert "0.001 * amp + 0.002 * sparse" in capsys.readouterr().out
