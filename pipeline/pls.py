@@ -264,15 +264,20 @@ class KernelPLS:
         self.x_scores_ = T
 
     def _fit_primal(self, Xc: np.ndarray, Y: np.ndarray) -> None:
-        """sklearn's NIPALS in feature space with the exact eigen solve. Xc: (n, p) centred."""
+        """sklearn's NIPALS in feature space with the exact eigen solve. Xc: (n, p) centred.
+
+        The deflated cross-covariance is updated in place, S_{k+1} = X_{k+1}^T Y_{k+1} =
+        S_k - (t^T t) p q^T, and with it M = S^T S: no product costs more than O((n + q) p) per component.
+        """
         self.y_mean_ = Y.mean(axis=0)
         Xk = Xc.copy()
         Yk = Y - self.y_mean_
         W, P, Q = [], [], []
-        scale = np.linalg.norm(Xc.T @ Yk) + np.finfo(float).tiny
+        S = Xc.T @ Yk                                                 # (p, q) cross-covariance
+        M = S.T @ S                                                   # (q, q)
+        scale = np.linalg.norm(S) + np.finfo(float).tiny
         for _ in range(self.n_components):
-            S = Xk.T @ Yk                                             # (p, q) cross-covariance
-            c = _dominant_eigenvector(S.T @ S)
+            c = _dominant_eigenvector((M + M.T) / 2)
             w = S @ c
             norm = np.linalg.norm(w)
             if norm <= 1e-12 * scale:
@@ -283,6 +288,11 @@ class KernelPLS:
             p_load, q_load = Xk.T @ t / tt, Yk.T @ t / tt
             Xk -= np.outer(t, p_load)
             Yk -= np.outer(t, q_load)
+            # rank-one update of S = X_k^T Y_k and the matching rank-two update of M = S^T S
+            Stp = S.T @ p_load
+            M += tt * (tt * (p_load @ p_load) * np.outer(q_load, q_load)
+                       - np.outer(q_load, Stp) - np.outer(Stp, q_load))
+            S -= tt * np.outer(p_load, q_load)
             W.append(w), P.append(p_load), Q.append(q_load)
         self.n_components_ = len(W)
         W, P, Q = np.array(W).T, np.array(P).T, np.array(Q).T
