@@ -125,9 +125,12 @@ class KernelPLS:
     Parameters
     ----------
     n_components : int, default 25 (Brain-Score and the paper).
-    solver : "auto" | "kernel" | "primal". ``fit(X, Y)`` uses the Gram (kernel) path unless
-        there are fewer features than samples ("auto"), where the feature-space path is
-        cheaper; both give the same predictions.
+    solver : "auto" | "kernel" | "primal" (for ``fit(X, Y)``; both give the same predictions).
+        The kernel path costs one n x n Gram (n^2 p, matrix-matrix) and reads X in blocks; the
+        primal path costs X^T Y (n p q) plus two matrix-vector products with X per component and
+        holds a float64 copy of X. "auto" takes primal when that copy fits in PRIMAL_MAX_BYTES and
+        there are fewer features than samples or fewer than n/2 targets, else kernel. Scoring many
+        regions and splits from one Gram matrix (``fit_gram``) is always kernel.
 
     Attributes after fit: ``n_components_`` (components actually extracted: fewer when the
     deflated X or Y is exhausted), ``dual_coef_`` (n_train, q) so that
@@ -166,14 +169,17 @@ class KernelPLS:
         self.x_mean_ = _column_mean(X)
         solver = self.solver
         if solver == "auto":
-            solver = "primal" if p < n else "kernel"
+            solver = _auto_solver(n, p, Y.shape[1])
         if solver == "kernel":
             self._fit_centered_gram(_centered_gram(X, self.x_mean_), Y)
             self.coef_ = np.empty((p, Y.shape[1]))
             for cols, block in _column_blocks(X, self.x_mean_):
                 self.coef_[cols] = block.T @ self.dual_coef_
         elif solver == "primal":
-            self._fit_primal(_as_2d_float(X, "X") - self.x_mean_, Y)
+            Xc = np.empty((n, p))
+            for cols, block in _column_blocks(X, self.x_mean_):
+                Xc[:, cols] = block
+            self._fit_primal(Xc, Y)
         else:
             raise ValueError(f"KernelPLS: solver must be 'auto', 'kernel' or 'primal', got {solver!r}")
         return self
@@ -266,16 +272,17 @@ class KernelPLS:
     def _fit_primal(self, Xc: np.ndarray, Y: np.ndarray) -> None:
         """sklearn's NIPALS in feature space with the exact eigen solve. Xc: (n, p) centred.
 
-        The deflated cross-covariance is updated in place, S_{k+1} = X_{k+1}^T Y_{k+1} =
-        S_k - (t^T t) p q^T, and with it M = S^T S: no product costs more than O((n + q) p) per component.
+        X is never deflated: with T the (orthogonal) scores so far, X_k = (I - T T^+) Xc, so
+        t = X_k w is ``Xc @ w`` minus its projection on T, and X_k^T t = Xc^T t. The deflated
+        cross-covariance S_k = X_k^T Y_k and M = S^T S get rank-one / rank-two updates
+        (S_{k+1} = S_k - (t^T t) p q^T). A component costs two matrix-vector products with Xc.
         """
         self.y_mean_ = Y.mean(axis=0)
-        Xk = Xc.copy()
-        Yk = Y - self.y_mean_
-        W, P, Q = [], [], []
-        S = Xc.T @ Yk                                                 # (p, q) cross-covariance
+        Yc = Y - self.y_mean_
+        S = Xc.T @ Yc                                                 # (p, q) cross-covariance
         M = S.T @ S                                                   # (q, q)
         scale = np.linalg.norm(S) + np.finfo(float).tiny
+        W, P, Q, units = [], [], [], []
         for _ in range(self.n_components):
             c = _dominant_eigenvector((M + M.T) / 2)
             w = S @ c
@@ -283,17 +290,14 @@ class KernelPLS:
             if norm <= 1e-12 * scale:
                 break
             w /= norm
-            t = Xk @ w
+            t = _deflate(_deflate(Xc @ w, units), units)              # X_k w (twice: rounding)
             tt = t @ t
-            p_load, q_load = Xk.T @ t / tt, Yk.T @ t / tt
-            Xk -= np.outer(t, p_load)
-            Yk -= np.outer(t, q_load)
-            # rank-one update of S = X_k^T Y_k and the matching rank-two update of M = S^T S
+            p_load, q_load = Xc.T @ t / tt, Yc.T @ t / tt
             Stp = S.T @ p_load
             M += tt * (tt * (p_load @ p_load) * np.outer(q_load, q_load)
                        - np.outer(q_load, Stp) - np.outer(Stp, q_load))
             S -= tt * np.outer(p_load, q_load)
-            W.append(w), P.append(p_load), Q.append(q_load)
+            W.append(w), P.append(p_load), Q.append(q_load), units.append(t / np.sqrt(tt))
         self.n_components_ = len(W)
         W, P, Q = np.array(W).T, np.array(P).T, np.array(Q).T
         rotations = W @ np.linalg.pinv(P.T @ W)
@@ -311,6 +315,12 @@ def fit_predict_gram(K, Y, train_idx, test_idx, n_components: int = 25) -> np.nd
 
 # --------------------------------------------------------------------------- small helpers
 BLOCK_FEATURES = 4096  # columns of X converted to float64 at a time
+PRIMAL_MAX_BYTES = 4 * 2**30  # largest float64 copy of X the primal path may hold
+
+
+def _auto_solver(n: int, p: int, q: int) -> str:
+    fits = n * p * 8 <= PRIMAL_MAX_BYTES
+    return "primal" if fits and (p < n or 2 * q < n) else "kernel"
 
 
 def _column_blocks(X, mean: np.ndarray, width: int = BLOCK_FEATURES):
