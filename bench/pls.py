@@ -4,8 +4,9 @@
     .venv/bin/python bench/pls.py                  # n_train=3840, n_test=1280, 256 targets, p in {1000, 100000}
 
 For each feature count p it times
-- ours: `KernelPLS(25).fit(X_train, Y).predict(X_test)` (float64 centred Gram by blocks, exact
-  kernel NIPALS, coef_ = Xc^T dual_coef_); fit alone in brackets;
+- ours: `KernelPLS(25, solver).fit(X_train, Y).predict(X_test)`, fit alone in brackets. solver
+  "auto" takes the primal path at these sizes (256 targets << 3840 samples); "kernel" times the
+  Gram path (what fit_scores uses, sharing one Gram over regions and splits);
 - sklearn default settings (max_iter=500, tol=1e-6: what Brain-Score runs), when p <= --sklearn-max-p;
 - sklearn converged (max_iter=100000, tol=1e-14), when p <= --converged-max-p;
 and prints the time ratio and the max prediction difference (relative to the largest centred
@@ -47,10 +48,10 @@ def make_data(n: int, p: int, q: int, seed: int = 0, block: int = 8192):
     return X, Y
 
 
-def ours(X, Y, n_train):
+def ours(X, Y, n_train, solver="auto"):
     """KernelPLS through the sklearn API. Returns (predictions, fit + predict seconds, fit seconds)."""
     start = time.process_time()
-    model = KernelPLS(25).fit(X[:n_train], Y[:n_train])
+    model = KernelPLS(25, solver=solver).fit(X[:n_train], Y[:n_train])
     t_fit = time.process_time() - start
     pred = model.predict(X[n_train:])
     return pred, time.process_time() - start, t_fit
@@ -80,13 +81,14 @@ def main(argv=None):
     parser.add_argument("--targets", type=int, default=256)
     parser.add_argument("--p", type=int, nargs="+", default=[1000, 10000, 100000])
     parser.add_argument("--sklearn-max-p", type=int, default=10000, help="largest p sklearn default is run at")
+    parser.add_argument("--solver", default="auto", choices=["auto", "kernel", "primal"])
     parser.add_argument("--converged-max-p", type=int, default=1000, help="largest p converged sklearn is run at")
     args = parser.parse_args(argv)
     if args.quick:
         args.n_train, args.n_test, args.targets, args.p = 768, 256, 64, [500, 5000]
         args.sklearn_max_p, args.converged_max_p = 5000, 500
     n = args.n_train + args.n_test
-    print(f"n_train={args.n_train} n_test={args.n_test} targets={args.targets} threads="
+    print(f"solver={args.solver} n_train={args.n_train} n_test={args.n_test} targets={args.targets} threads="
           f"{os.environ.get('OMP_NUM_THREADS', 'all')} cores={os.cpu_count()}")
     print("| p | ours s (fit s) | sklearn default s | ratio default/ours | sklearn converged s "
           "| ours vs converged | default vs converged |")
@@ -96,7 +98,7 @@ def main(argv=None):
     per_feature = None  # sklearn default seconds per feature, from the largest measured p
     for p in args.p:
         X, Y = make_data(n, p, args.targets)
-        pred, t_ours, t_fit = ours(X, Y, args.n_train)
+        pred, t_ours, t_fit = ours(X, Y, args.n_train, args.solver)
         cells = [f"{p}", f"{t_ours:.2f} ({t_fit:.2f})"]
         default = converged = None
         if p <= args.sklearn_max_p:
