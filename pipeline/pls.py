@@ -16,11 +16,13 @@ training means). Predictions agree with a converged sklearn fit (``max_iter=1000
 tol=1e-14``) to ~1e-7 relative (the rest is sklearn's own residual from convergence), and
 differ from sklearn's default ``tol=1e-6`` fit by ~1e-3 (tests/pipeline/test_pls.py).
 
-The deflated quantities are never formed: with ``Q`` the orthonormal scores found so far,
-``K_k Y_k = P (K Y - (K Q)(Q^T Y))``, so one fit costs one ``K @ Y`` product plus one
-``K @ t`` per component: O(n^2 q + n^2 k), independent of the feature count once the
-Gram matrix ``X X^T`` is known (:func:`gram_blocks` computes it out of core, on a GPU when
-one is present).
+The deflated quantities are never formed. With ``Q`` the orthonormal scores found so far,
+``Y_k^T K_k Y_k`` expands into small matrices built from ``Y^T K Y``, ``Q^T Y``, ``(K Q)^T Y``
+and ``Q^T K Q``, so a fit costs one ``K @ Y`` product plus two ``K @ v`` per component:
+O(n^2 q + n^2 k), independent of the feature count once the Gram matrix ``X X^T`` is known
+(:func:`gram_blocks` computes it out of core, on a GPU when one is present). ``fit(X, Y)``
+can instead take the same steps in feature space (``solver="primal"``), cheaper for a
+one-shot fit when there are far fewer targets than samples.
 """
 from __future__ import annotations
 
