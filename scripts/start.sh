@@ -40,16 +40,21 @@ start_server() {
 }
 
 # One request per deployment to GET /api/deployments/name/FLOW/NAME (no Prefect import: fast).
+# With a start time (epoch seconds), each must also have been (re)registered since then: the database
+# keeps deployments of earlier sessions, whose parameters may be stale until the new serve process
+# updates them.
 deployments_exist() {
-    python - "$(server_url)" "${DEPLOYMENTS[@]}" <<'PY'
-import sys, urllib.request
-api, names = sys.argv[1], sys.argv[2:]
+    python - "$(server_url)" "${1:-0}" "${DEPLOYMENTS[@]}" <<'PY'
+import json, sys, urllib.request
+from datetime import datetime
+api, since, names = sys.argv[1], float(sys.argv[2]), sys.argv[3:]
 try:
     for name in names:
         with urllib.request.urlopen(f"{api}/deployments/name/{name}", timeout=5) as response:
-            if response.status != 200:
+            updated = json.load(response)["updated"].replace("Z", "+00:00")
+            if datetime.fromisoformat(updated).timestamp() < since:
                 sys.exit(1)
-except OSError:
+except (OSError, KeyError, ValueError):
     sys.exit(1)
 PY
 }
@@ -61,9 +66,11 @@ start_serve() {
     fi
     stop_group "$SERVE_PID_FILE" "deployment server"
     log "serving the deployments (log: $SERVE_LOG)"
+    local started
+    started="$(date +%s)"
     start_detached "$SERVE_PID_FILE" "$SERVE_LOG" neuralign serve
     local waited=0
-    until deployments_exist; do
+    until deployments_exist "$started"; do
         if ! alive "$SERVE_PID_FILE"; then
             log "'neuralign serve' exited; last lines of $SERVE_LOG:"
             tail -n 30 "$SERVE_LOG" >&2
