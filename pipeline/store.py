@@ -181,7 +181,8 @@ class ActivationStore:
         else:
             gram = blockwise_gram(self.features(layer), device=device)
             if cache:
-                tmp = path.with_name(path.name + ".partial.npy")
+                # A per-process temp name: workers computing the same layer at once must not share it.
+                tmp = path.with_name(f"{path.name}.{os.getpid()}.partial.npy")
                 np.save(tmp, gram)
                 os.replace(tmp, path)
         if rows is None:
