@@ -527,43 +527,6 @@ def fit_layer_region(store: str, dataset: dict[str, Any], *, layer: str, region:
     return predictions
 
 
-class _ReplayedFits:
-    """Hands precomputed fits to pipeline.score.fit_scores through its `map_fn` hook.
-
-    fit_scores asks the store for one layer's Gram matrix, then maps its fit function over that layer's
-    (region, split) jobs; the store wrapper remembers which layer is current so `map` can return the
-    matching predictions. One job per layer is recomputed here and compared, so predictions that do not
-    belong to the job (a changed split rule, a reordered assembly) fail loudly instead of scoring wrong.
-    """
-
-    def __init__(self, store, predictions: dict):
-        self.store = store
-        self.layers = list(store.layers)
-        self.stimulus_ids = store.stimulus_ids
-        self.predictions = predictions
-        self.current = None
-
-    def gram(self, layer, device=None):
-        self.current = layer
-        return self.store.gram(layer, device=device)
-
-    def map(self, fit, jobs):
-        import numpy as np
-
-        results = []
-        for region, split in jobs:
-            key = (self.current, str(region), int(split))
-            if key not in self.predictions:
-                raise LookupError(f"no fit for layer {key[0]!r}, region {key[1]!r}, split {key[2]}")
-            results.append(self.predictions[key])
-        if jobs:
-            check = fit(jobs[0])
-            if check.shape != results[0].shape or not np.allclose(check, results[0], rtol=1e-6, atol=1e-9):
-                raise RuntimeError(f"layer {self.current!r}: a precomputed fit differs from the pipeline's own "
-                                   f"fit of {jobs[0]}; the fits and the scores disagree on splits or rows")
-        return results
-
-
 def score_checkpoint(store: str, dataset: dict[str, Any], protocol: dict[str, Any], predictions: dict,
                      checkpoint: str):
     """The scores xarray.Dataset of one checkpoint (pipeline.score.fit_scores) from its precomputed fits."""
@@ -571,9 +534,9 @@ def score_checkpoint(store: str, dataset: dict[str, Any], protocol: dict[str, An
     from pipeline.store import ActivationStore
 
     data = dataset_of(dataset)
-    replay = _ReplayedFits(ActivationStore(store), predictions)
-    return fit_scores(replay, data.averaged(), _protocol(protocol), checkpoint=checkpoint, trials=data.assembly,
-                      n_components=protocol["n_components"], dataset=dataset["identifier"], map_fn=replay.map)
+    return fit_scores(ActivationStore(store), data.averaged(), _protocol(protocol), checkpoint=checkpoint,
+                      trials=data.assembly, n_components=protocol["n_components"], dataset=dataset["identifier"],
+                      fits=predictions)
 
 
 def write_outputs(scores: list, checkpoints: list[dict[str, Any]], out: str | os.PathLike) -> Path:

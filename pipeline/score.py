@@ -1,7 +1,8 @@
 """Neural predictivity scores: PLS fits per (layer, region, split), Pearson r per site, summaries.
 
 ``fit_scores`` is the whole computation for one checkpoint; ``fit_one`` is its unit of work
-(one PLS fit and its test predictions), so an orchestrator can fan fits out (``map_fn``).
+(one PLS fit and its test predictions), so an orchestrator can fan fits out (``map_fn``, or
+its own fan-out handed back as ``fits``).
 
 Result (``xarray.Dataset``), dims ``checkpoint x layer x region x split x neuroid``:
 
@@ -74,7 +75,8 @@ def fit_scores(features_by_layer, assembly: xr.DataArray, protocol: str | Protoc
                n_components: int = 25, trials: xr.DataArray | None = None,
                ceiling_formula: str = "r/c", ceiling_splits: int = 10,
                select_on: Mapping[str, Any] | None = None, score_on: Mapping[str, Any] | None = None,
-               dataset: str | None = None, map_fn: Callable | None = None, device=None) -> xr.Dataset:
+               dataset: str | None = None, map_fn: Callable | None = None,
+               fits: Mapping[tuple[str, str, int], np.ndarray] | None = None, device=None) -> xr.Dataset:
     """Score every layer against every region of a repetition-averaged assembly.
 
     features_by_layer: one of
@@ -94,6 +96,9 @@ def fit_scores(features_by_layer, assembly: xr.DataArray, protocol: str | Protoc
         same splits it is reported on (optimistic by the selection).
     dataset: dataset identifier recorded in attrs (default: the assembly's ``identifier`` attr or name).
     map_fn: ``map_fn(fn, jobs) -> list`` to run the independent fits (default: in order, here).
+    fits: test predictions computed elsewhere (e.g. fanned out by an orchestrator with ``fit_one``),
+        keyed ``(layer, region, split index)``; they replace the fits here, and one fit per layer is
+        recomputed and compared so that predictions made with other splits or rows fail loudly.
     Returns an ``xarray.Dataset`` (see the module docstring).
     """
     protocol = get_protocol(protocol, n_splits=n_splits, seed=seed)
@@ -126,7 +131,10 @@ def fit_scores(features_by_layer, assembly: xr.DataArray, protocol: str | Protoc
             train, test = splits[si]
             return fit_one(gram, Y_all[:, sites], train, test, n_components)
 
-        predictions = (map_fn or _serial_map)(run, jobs)
+        if fits is None:
+            predictions = (map_fn or _serial_map)(run, jobs)
+        else:
+            predictions = _precomputed_fits(fits, layer, jobs, run)
         for (region, si), pred in zip(jobs, predictions):
             sites = site_regions == region
             test = splits[si][1]
@@ -148,6 +156,22 @@ def fit_scores(features_by_layer, assembly: xr.DataArray, protocol: str | Protoc
 # --------------------------------------------------------------------------- inputs
 def _serial_map(fn, jobs):
     return [fn(job) for job in jobs]
+
+
+def _precomputed_fits(fits, layer: str, jobs, refit) -> list[np.ndarray]:
+    """The given predictions of one layer's (region, split) jobs, the first checked against ``refit``."""
+    predictions = []
+    for region, split in jobs:
+        key = (layer, str(region), int(split))
+        if key not in fits:
+            raise LookupError(f"no fit for layer {layer!r}, region {key[1]!r}, split {key[2]}")
+        predictions.append(np.asarray(fits[key]))
+    if jobs:
+        check = refit(jobs[0])
+        if check.shape != predictions[0].shape or not np.allclose(check, predictions[0], rtol=1e-6, atol=1e-9):
+            raise RuntimeError(f"layer {layer!r}: a precomputed fit differs from the pipeline's own fit of "
+                               f"{jobs[0]}; the fits and the scores disagree on splits or rows")
+    return predictions
 
 
 def _layers_and_provider(features, stimulus_ids, device):

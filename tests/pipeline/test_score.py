@@ -76,6 +76,28 @@ def test_arrays_and_gram_providers_agree_and_map_fn_is_used():
     assert sorted(calls) == sorted((region, s) for region in ("IT", "V4") for s in range(3))
 
 
+def test_precomputed_fits_score_like_fits_made_here_and_wrong_ones_are_refused():
+    hidden, assembly, ids = _planted()
+    direct = fit_scores({"h": hidden}, assembly, n_splits=3, stimulus_ids=ids, n_components=5)
+    from pipeline.protocols import get_protocol
+
+    metadata = pd.DataFrame({"category_name": assembly["category_name"].values})
+    splits = get_protocol("paper", n_splits=3).splits(metadata)
+    gram, Y = hidden @ hidden.T, assembly.values
+    regions = assembly["region"].values
+    fits = {("h", region, s): fit_one(gram, Y[:, regions == region], *splits[s], n_components=5)
+            for region in ("IT", "V4") for s in range(3)}
+    given = fit_scores({"h": hidden}, assembly, n_splits=3, stimulus_ids=ids, n_components=5, fits=fits)
+    np.testing.assert_allclose(given["r"].values, direct["r"].values, atol=1e-10)
+
+    with pytest.raises(LookupError, match="no fit for layer 'h', region 'V4', split 2"):
+        fit_scores({"h": hidden}, assembly, n_splits=3, stimulus_ids=ids, n_components=5,
+                   fits={key: value for key, value in fits.items() if key != ("h", "V4", 2)})
+    shifted = {key: value + 1.0 for key, value in fits.items()}
+    with pytest.raises(RuntimeError, match="differs from the pipeline's own fit"):
+        fit_scores({"h": hidden}, assembly, n_splits=3, stimulus_ids=ids, n_components=5, fits=shifted)
+
+
 def test_store_like_input_and_reordered_stimuli():
     hidden, assembly, ids = _planted()
     order = np.random.default_rng(3).permutation(len(ids))
