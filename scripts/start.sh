@@ -8,6 +8,28 @@ SERVER_TIMEOUT_S="${SERVER_TIMEOUT_S:-180}"
 SERVE_TIMEOUT_S="${SERVE_TIMEOUT_S:-180}"
 DEPLOYMENTS=(neural-fit/default neural-fit/majajhong2015 train-rule/default compare/default)
 
+# wait_until WHAT PID_FILE LOG TIMEOUT_S STEP_S FAILURE CHECK...: polls CHECK every STEP_S seconds until it
+# succeeds (seconds waited in $WAITED); exits with the log's last lines if the process of PID_FILE dies, or
+# with "WHAT FAILURE within TIMEOUT_S" when time runs out.
+wait_until() {
+    local what="$1" pid_file="$2" log_file="$3" timeout_s="$4" step_s="$5" failure="$6"
+    shift 6
+    WAITED=0
+    until "$@"; do
+        if ! alive "$pid_file"; then
+            log "$what exited; last lines of $log_file:"
+            tail -n 30 "$log_file" >&2
+            exit 1
+        fi
+        if ((WAITED >= timeout_s)); then
+            log "$what $failure within ${timeout_s}s; see $log_file"
+            exit 1
+        fi
+        sleep "$step_s"
+        WAITED=$((WAITED + step_s))
+    done
+}
+
 start_server() {
     if alive "$SERVER_PID_FILE" && healthy; then
         log "Prefect server already running at $(server_url) (pid $(cat "$SERVER_PID_FILE"))"
@@ -22,21 +44,9 @@ start_server() {
     log "starting the Prefect server on 127.0.0.1:$port (log: $SERVER_LOG)"
     PREFECT_SERVER_API_PORT="$port" start_detached "$SERVER_PID_FILE" "$SERVER_LOG" \
         prefect server start --host 127.0.0.1 --port "$port"
-    local waited=0
-    until healthy; do
-        if ! alive "$SERVER_PID_FILE"; then
-            log "the Prefect server exited; last lines of $SERVER_LOG:"
-            tail -n 30 "$SERVER_LOG" >&2
-            exit 1
-        fi
-        if ((waited >= SERVER_TIMEOUT_S)); then
-            log "the Prefect server did not answer $(server_url)/health within ${SERVER_TIMEOUT_S}s; see $SERVER_LOG"
-            exit 1
-        fi
-        sleep 1
-        waited=$((waited + 1))
-    done
-    log "Prefect server healthy after ${waited}s"
+    wait_until "the Prefect server" "$SERVER_PID_FILE" "$SERVER_LOG" "$SERVER_TIMEOUT_S" 1 \
+        "did not answer $(server_url)/health" healthy
+    log "Prefect server healthy after ${WAITED}s"
 }
 
 # One request per deployment to GET /api/deployments/name/FLOW/NAME (no Prefect import: fast).
@@ -69,20 +79,8 @@ start_serve() {
     local started
     started="$(date +%s)"
     start_detached "$SERVE_PID_FILE" "$SERVE_LOG" neuralign serve
-    local waited=0
-    until deployments_exist "$started"; do
-        if ! alive "$SERVE_PID_FILE"; then
-            log "'neuralign serve' exited; last lines of $SERVE_LOG:"
-            tail -n 30 "$SERVE_LOG" >&2
-            exit 1
-        fi
-        if ((waited >= SERVE_TIMEOUT_S)); then
-            log "the deployments were not registered within ${SERVE_TIMEOUT_S}s; see $SERVE_LOG"
-            exit 1
-        fi
-        sleep 2
-        waited=$((waited + 2))
-    done
+    wait_until "'neuralign serve'" "$SERVE_PID_FILE" "$SERVE_LOG" "$SERVE_TIMEOUT_S" 2 \
+        "did not register the deployments" deployments_exist "$started"
     log "deployments ready: ${DEPLOYMENTS[*]}"
 }
 
