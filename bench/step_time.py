@@ -8,12 +8,18 @@ Every rule uses the same ResNet-18 (width configurable), batch 32, 64x64 images,
 interleaved (in rotating order) within each repeat so that machine-load drifts hit all of them alike; the ratio of medians
 is printed and a section is appended to bench/RESULTS.md.
 
+`--batch-fractions 1,0.5,0.25` adds, for each rule whose alignment loss reads activations (wm, ia, aa), a
+variant evaluating R on that share of the batch (`alignment.batch_fraction`); `--amp` runs the forward pass
+and the task loss under bf16 autocast, as the trainer does with `amp = true`.
+
     python bench/step_time.py                       # full width, CUDA when present
     python bench/step_time.py --width 0.5 --repeats 5 --threads 2
+    python bench/step_time.py --rules bp,ia,aa --batch-fractions 1,0.5,0.25
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import os
 import platform
@@ -31,8 +37,23 @@ import models  # noqa: E402
 TARGETS = {"fa": 1.1, "kp": 1.1, "sa": 1.2, "wm": 1.5, "ia": 1.5, "aa": 1.5}
 
 
-def make_trainer(rule: str, width: float, device: torch.device, seed: int = 0, fused: bool = True):
+def variants(rules: list[str], fractions: list[float]) -> dict[str, tuple[str, float]]:
+    """{label: (rule, batch fraction)}: every rule at f = 1, plus the other fractions where R reads activations."""
+    table = {}
+    for rule in rules:
+        for fraction in fractions:
+            if fraction == 1:
+                table[rule] = (rule, 1.0)
+            elif models.get_rule(rule).needs_activations:
+                table[f"{rule} f={fraction:g}"] = (rule, fraction)
+    return table
+
+
+def make_trainer(rule: str, width: float, device: torch.device, seed: int = 0, fused: bool = True,
+                 batch_fraction: float = 1.0, amp: bool = False):
     torch.manual_seed(seed)
+    options = models.AlignmentOptions(batch_fraction=batch_fraction)
+    precision = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if amp else contextlib.nullcontext
     net = models.resnet18(rule, num_classes=1000, width=width).to(device).train()
     rule_obj = models.get_rule(rule)
     backward = models.backward_parameters(net)
@@ -49,10 +70,12 @@ def make_trainer(rule: str, width: float, device: torch.device, seed: int = 0, f
 
     def step(images, labels):
         sgd.zero_grad(set_to_none=True)
-        F.cross_entropy(net(images), labels).backward()
+        with precision():
+            loss = F.cross_entropy(net(images), labels)
+        loss.backward()
         if adam is not None:
             adam.zero_grad(set_to_none=True)
-            models.alignment_loss(net)[0].backward()
+            models.alignment_loss(net, options)[0].backward()
             adam.step()
         sgd.step()
 
@@ -64,11 +87,13 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def measure(rules, width, batch, size, warmup, repeats, device, fused=True):
+def measure(table, width, batch, size, warmup, repeats, device, fused=True, amp=False):
     gen = torch.Generator().manual_seed(0)
     images = torch.randn(batch, 3, size, size, generator=gen).to(device)
     labels = torch.randint(0, 1000, (batch,), generator=gen).to(device)
-    steps = {rule: make_trainer(rule, width, device, fused=fused) for rule in rules}
+    steps = {label: make_trainer(rule, width, device, fused=fused, batch_fraction=fraction, amp=amp)
+             for label, (rule, fraction) in table.items()}
+    rules = list(table)
     for _ in range(warmup):
         for step in steps.values():
             step(images, labels)
@@ -91,7 +116,9 @@ def report(times, args, device) -> str:
         f"## Rule engine: train-step time relative to bp ({dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC)",
         "",
         f"`python bench/step_time.py --width {args.width} --repeats {args.repeats} --warmup {args.warmup} "
-        f"--threads {args.threads} --optimizer {args.optimizer}`: ResNet-18 width {args.width}, batch {args.batch}, {args.size}x{args.size}, "
+        f"--threads {args.threads} --optimizer {args.optimizer} --rules {args.rules} "
+        f"--batch-fractions {args.batch_fractions}{' --amp' if args.amp else ''}`: "
+        f"ResNet-18 width {args.width}, batch {args.batch}, {args.size}x{args.size}, "
         f"1000 classes, device {device} ({platform.processor() or platform.machine()}, "
         f"{torch.get_num_threads()} threads, torch {torch.__version__}), "
         f"{args.repeats} interleaved repeats after {args.warmup} warm-up steps; median step times.",
@@ -99,12 +126,12 @@ def report(times, args, device) -> str:
         "| rule | median step (s) | ratio to bp | target | met |",
         "|---|---|---|---|---|",
     ]
-    for rule, values in times.items():
+    for label, values in times.items():
         median = statistics.median(values)
         ratio = median / bp
-        target = TARGETS.get(rule)
+        target = TARGETS.get(label.split()[0])
         met = "-" if target is None else ("yes" if ratio <= target else "NO")
-        lines.append(f"| {rule} | {median:.3f} | {ratio:.2f}x | {'-' if target is None else f'<= {target}x'} | {met} |")
+        lines.append(f"| {label} | {median:.3f} | {ratio:.2f}x | {'-' if target is None else f'<= {target}x'} | {met} |")
     return "\n".join(lines) + "\n"
 
 
@@ -119,6 +146,9 @@ def main(argv=None) -> int:
     parser.add_argument("--rules", default="bp,fa,kp,sa,wm,ia,aa")
     parser.add_argument("--optimizer", choices=["fused", "default"], default="fused",
                         help="torch.optim implementation for every rule (fused: one kernel per step)")
+    parser.add_argument("--batch-fractions", default="1",
+                        help="comma-separated shares of the batch R is evaluated on, e.g. 1,0.5,0.25")
+    parser.add_argument("--amp", action="store_true", help="bf16 autocast for the forward pass and task loss")
     parser.add_argument("--results", default=str(Path(__file__).with_name("RESULTS.md")))
     parser.add_argument("--no-append", action="store_true", help="print only, do not append to RESULTS.md")
     args = parser.parse_args(argv)
@@ -127,8 +157,11 @@ def main(argv=None) -> int:
     rules = [r.strip() for r in args.rules.split(",")]
     if "bp" not in rules:
         rules.insert(0, "bp")
-    times = measure(rules, args.width, args.batch, args.size, args.warmup, args.repeats, device,
-                    fused=args.optimizer == "fused")
+    fractions = [float(f) for f in args.batch_fractions.split(",")]
+    if 1.0 not in fractions:
+        fractions.insert(0, 1.0)
+    times = measure(variants(rules, fractions), args.width, args.batch, args.size, args.warmup, args.repeats,
+                    device, fused=args.optimizer == "fused", amp=args.amp)
     text = report(times, args, device)
     print(text)
     if not args.no_append:

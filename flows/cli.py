@@ -30,13 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module_name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as error:
-            if error.name != module_name:
-                raise
-            continue
-        module.add_commands(subparsers)
+        importlib.import_module(module_name).add_commands(subparsers)
     return parser
 
 
@@ -45,8 +39,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.handler(args) or 0)
     except USER_ERRORS as error:
-        print(f"neuralign {args.command}: error: {error}", file=sys.stderr)
+        print(f"neuralign {args.command}: error: {message(error)}", file=sys.stderr)
         return 2
+
+
+def message(error: BaseException) -> str:
+    """The error's text, without the quotes KeyError puts around it."""
+    return str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,10 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from neural_data import FolderCheck, NeuralDataset
 
 
 def add_commands(subparsers) -> None:
@@ -45,18 +49,32 @@ def list_command(args: argparse.Namespace) -> int:
 
 
 def check_command(args: argparse.Namespace) -> int:
-    from neural_data.loaders import check_folder
+    """Print the problems (exit 1) and warnings of a folder dataset, then, when it loads, its summary."""
+    from neural_data import check_folder
 
-    problems = check_folder(args.path)
-    if problems:
-        print(f"{args.path}: {len(problems)} problem(s):")
-        for problem in problems:
-            print(f"  - {problem}")
-        return 1
-    import neural_data
+    result = check_folder(args.path)
+    print("\n".join(check_report(args.path, result)))
+    return 0 if result.ok else 1
 
-    print(f"{args.path}: ok ({neural_data.load(args.path).summary()})")
-    return 0
+
+def check_report(path: str, result: FolderCheck) -> list[str]:
+    """The lines `datasets check` prints: problems, warnings, then what a loadable dataset offers."""
+    lines = _listed(f"{path}: {len(result.problems)} problem(s)", result.problems)
+    lines += _listed(f"{path}: {len(result.warnings)} warning(s)", result.warnings)
+    if result.dataset is not None:
+        lines += [f"{path}: ok"] + dataset_lines(result.dataset)
+    return lines
+
+
+def dataset_lines(dataset: NeuralDataset) -> list[str]:
+    """What a loadable dataset offers, one indented line per fact: its summary, identifier and
+    stratification; facts about fitting it (e.g. the fit protocols it supports) belong here too."""
+    stratified = dataset.stratify_column or "none (train/test splits are not stratified)"
+    return [f"  {dataset.summary()}", f"  id {dataset.identifier}", f"  stratify_by: {stratified}"]
+
+
+def _listed(header: str, items: list[str]) -> list[str]:
+    return [f"{header}:"] + [f"  - {item}" for item in items] if items else []
 
 
 def synth_command(args: argparse.Namespace) -> int:

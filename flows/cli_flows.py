@@ -23,10 +23,10 @@ def add_commands(subparsers) -> None:
 def _serve(args) -> int:
     import os
 
-    from flows import jobs
+    from flows.workspace import WORK_ENV, work_dir
 
-    work = jobs.work_dir(args.work)
-    os.environ[jobs.WORK_ENV] = str(work)  # the flow runs, started as subprocesses, inherit it
+    work = work_dir(args.work)
+    os.environ[WORK_ENV] = str(work)  # the flow runs, started as subprocesses, inherit it
     from flows.serve import serve
 
     serve(work, limit=args.limit)

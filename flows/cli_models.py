@@ -3,6 +3,14 @@ from __future__ import annotations
 
 import argparse
 
+CUSTOM_RULES_HELP = (
+    "Custom rules: any weighted sum of primitives, written 'amp=1,decay=0.5,null=1e-3'. Use one",
+    "  - to inspect it:      neuralign rules show 'amp=1,decay=0.5'",
+    "  - to train with it:   rule = \"amp=1,decay=0.5\" in a TOML file, then neuralign train --config FILE ...",
+    "  - as a checkpoint:    wherever a checkpoint spec is accepted,",
+    "                        e.g. neuralign fit --checkpoint 'amp=1,decay=0.5' ...",
+)
+
 
 def add_commands(subparsers) -> None:
     rules = subparsers.add_parser("rules", help="list learning rules and primitives, or show one rule",
@@ -31,11 +39,13 @@ def list_rules(args: argparse.Namespace) -> int:
         locality = "-" if rule.tied else ("local" if rule.local else "non-local")
         print(f"  {rule.name:<5} {locality:<9} {rule.describe()}")
     print()
-    print("Custom rules: any weighted sum, e.g. --rule 'amp=1,decay=0.5,null=1e-3'")
+    for line in CUSTOM_RULES_HELP:
+        print(line)
     return 0
 
 
 def show_rule(args: argparse.Namespace) -> int:
+    from models.errors import UnknownNameError
     from models.rules import PRIMITIVES, get_rule
 
     preset = _find_preset(args.name)
@@ -43,7 +53,8 @@ def show_rule(args: argparse.Namespace) -> int:
         rule = get_rule(args.name) if preset is None else _preset_rule(preset)
     except KeyError as error:
         names = _preset_names()
-        raise KeyError(f"{error.args[0]}" + (f"; presets: {', '.join(names)}" if names else "")) from None
+        message = str(error.args[0]) if error.args else "unknown rule"
+        raise UnknownNameError(message + (f"; presets: {', '.join(names)}" if names else "")) from None
     print(f"rule {rule.name}: {rule.describe()}")
     if not rule.tied:
         print(f"  locality: {'local' if rule.local else 'non-local'}")

@@ -1,9 +1,13 @@
-"""`neuralign fit` and `neuralign compare`: the neural-fit pipeline without Prefect (same functions as the flows).
+"""`neuralign fit` and `neuralign compare`: the neural-fit pipeline without Prefect (same steps as the flows).
 
-    neuralign fit --checkpoint random:resnet18 --checkpoint fa --dataset synthetic --out work/runs/mine
+    neuralign fit --checkpoint random:resnet18 --checkpoint run/sa/checkpoint.pt --dataset MajajHong2015 \\
+        --data-root /data/mh15 --out work/runs/mine
     neuralign compare work/runs/a work/runs/b --out work/runs/a-vs-b
 """
 from __future__ import annotations
+
+import argparse
+import json
 
 
 def add_commands(subparsers) -> None:
@@ -11,19 +15,39 @@ def add_commands(subparsers) -> None:
         "fit",
         help="score checkpoints' layers against a neural dataset and write a report",
         description="Extract every checkpoint's layers on the dataset's images, fit PLS to each region "
-                    "with the protocol's splits, and write the report folder (scores.nc, summary.csv, ...).",
+                    "with the protocol's splits, and write the report folder (scores.nc, summary.csv, ...). "
+                    "Defaults are the paper's measurement: each checkpoint's own input size (224 px for "
+                    "ImageNet ResNets), 25 PLS components, 10 splits of 75/25 within each category.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     fit.add_argument("--checkpoint", action="append", required=True, metavar="CKPT",
-                     help="a .pt checkpoint, random:ARCH, or a rule/preset name to train-or-load (repeatable)")
-    fit.add_argument("--dataset", required=True, metavar="NAME_OR_PATH",
-                     help="registered name (e.g. MajajHong2015), dataset folder, or 'synthetic'")
-    fit.add_argument("--protocol", default="paper", help="paper (default) or brainscore")
+                     help="a .pt checkpoint, torchvision:ARCH=PATH, random:ARCH[?width=..&small_input=..], or "
+                          "a rule/preset name trained with --training (repeatable)")
+    fit.add_argument("--dataset", default=None, metavar="NAME_OR_PATH",
+                     help="registered name (e.g. MajajHong2015), dataset folder, or 'synthetic' (required "
+                          "unless --benchmark names it)")
+    fit.add_argument("--benchmark", default=None, metavar="ID",
+                     help="a Brain-Score benchmark, e.g. MajajHong2015public.IT-pls or MajajHong2015public.V4-pls: "
+                          "sets the dataset, the brainscore protocol, its ceiling and formula, and writes "
+                          "benchmark.json with the region's raw score, ceiling and ceiled score under Brain-Score's names")
+    fit.add_argument("--out", required=True, metavar="DIR", help="report folder")
+    fit.add_argument("--protocol", default="paper", choices=["paper", "brainscore"],
+                     help="split and aggregation (--benchmark sets brainscore)")
+    fit.add_argument("--splits", type=int, default=None, metavar="N",
+                     help="number of train/test splits (default: the protocol's, 10)")
+    fit.add_argument("--components", type=int, default=25, metavar="K", help="PLS components")
+    fit.add_argument("--seed", type=int, default=None,
+                     help="split seed (default: the protocol's: 0 for paper, Brain-Score's 1 for brainscore)")
     fit.add_argument("--layers", default="default",
                      help="'default', 'all', or comma-separated module names (e.g. layer3.1,layer4.1)")
-    fit.add_argument("--out", required=True, metavar="DIR", help="report folder")
-    fit.add_argument("--device", default=None, help="torch device for extraction (default: cuda if available)")
+    fit.add_argument("--image-size", type=int, default=None, metavar="PX",
+                     help="network input size (default: each checkpoint's own: its training size, 224 for "
+                          "ImageNet ResNet-18/34/50, 299 for the v2 ResNets)")
+    fit.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
+    fit.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     fit.add_argument("--data-root", default=None, help="folder with the real data files of a registered dataset")
-    fit.add_argument("--image-size", type=int, default=None, help="network input size in pixels")
+    fit.add_argument("--training", type=_json_object, default=None, metavar="JSON",
+                     help="training settings for rule/preset checkpoints, e.g. '{\"epochs\": 3, \"width\": 0.25}'")
     fit.add_argument("--work", default=None, help="work folder (default: $NEURALIGN_WORK or ./work)")
     fit.set_defaults(handler=_fit)
 
@@ -48,20 +72,61 @@ def parse_layers(text: str):
     return layers
 
 
-def _fit(args) -> int:
-    from flows import jobs
+def _json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({error.msg}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object like '{{\"epochs\": 3}}', got {text!r}")
+    return value
 
-    extraction = {"image_size": args.image_size} if args.image_size else None
-    report = jobs.run_fit(
-        args.checkpoint, args.dataset, protocol=args.protocol, layers=parse_layers(args.layers), out=args.out,
-        device=args.device, data_root=args.data_root, work=args.work, extraction=extraction, progress=True,
+
+def _fit(args) -> int:
+    from flows import steps
+
+    dataset, protocol, benchmark = _benchmark_settings(args)
+    options = {"n_components": args.components, **(benchmark.protocol_options() if benchmark else {})}
+    if args.splits is not None:
+        options["n_splits"] = args.splits
+    if args.seed is not None:
+        options["seed"] = args.seed
+    report = steps.run_fit(
+        args.checkpoint, dataset, protocol=protocol, layers=parse_layers(args.layers), out=args.out,
+        device=args.device, data_root=args.data_root, work=args.work, protocol_options=options,
+        training=args.training, extraction={"image_size": args.image_size, "batch_size": args.batch_size},
+        progress=True,
     )
     print(f"report: {report}")
+    if benchmark:
+        from pipeline.benchmarks import write_benchmark_summary
+
+        print(f"benchmark {benchmark.identifier}: {write_benchmark_summary(report, benchmark)}")
     return 0
 
 
-def _compare(args) -> int:
-    from flows import jobs
+def _benchmark_settings(args):
+    """(dataset, protocol, benchmark or None): a --benchmark fixes the dataset, the protocol and the splits."""
+    if not args.benchmark:
+        if not args.dataset:
+            raise ValueError("neuralign fit: pass --dataset (or --benchmark, which names the dataset)")
+        return args.dataset, args.protocol, None
+    from pipeline.benchmarks import get_benchmark
 
-    print(f"report: {jobs.compare_runs(args.run_dirs, args.out)}")
+    benchmark = get_benchmark(args.benchmark)
+    conflicts = [f"{flag} {value}" for flag, value, allowed in (
+        ("--dataset", args.dataset, (None, benchmark.dataset)), ("--protocol", args.protocol, ("paper", benchmark.protocol)),
+        ("--components", args.components, (benchmark.n_components,)), ("--splits", args.splits, (None,)),
+        ("--seed", args.seed, (None,))) if value not in allowed]
+    if conflicts:
+        raise ValueError(f"--benchmark {benchmark.identifier} fixes the dataset ({benchmark.dataset}), the protocol "
+                         f"({benchmark.protocol}, {benchmark.n_components} components, its splits and seed); drop "
+                         f"{', '.join(conflicts)} (point --data-root at the files)")
+    return benchmark.dataset, benchmark.protocol, benchmark
+
+
+def _compare(args) -> int:
+    from flows import steps
+
+    print(f"report: {steps.compare_runs(args.run_dirs, args.out)}")
     return 0

@@ -2,7 +2,11 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
+from pathlib import Path
+
+# The library is imported inside the handlers: building the parser (`neuralign --help`) then imports no torch.
 
 
 def add_commands(subparsers) -> None:
@@ -14,7 +18,11 @@ def add_commands(subparsers) -> None:
     source.add_argument("--preset", help="preset name (see `neuralign rules show NAME`)")
     source.add_argument("--config", help="TOML config file (may start from a preset with base = \"NAME\")")
     _add_run_options(train)
-    train.add_argument("--resume", action="store_true", help="continue from out/checkpoint.pt if present")
+    existing = train.add_mutually_exclusive_group()
+    existing.add_argument("--resume", action="store_true",
+                          help="continue the run in --out from its checkpoint (a fresh start when there is none)")
+    existing.add_argument("--overwrite", action="store_true",
+                          help="delete the run in --out (checkpoint, metadata, log) and start again")
     train.set_defaults(handler=_train)
 
     sweep = subparsers.add_parser(
@@ -37,6 +45,8 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
                         help="3x3 stem without max-pool, for small images")
     parser.add_argument("--image-size", type=int)
     parser.add_argument("--seed", type=int)
+    parser.add_argument("--amp", action="store_true", default=None,
+                        help="bf16 autocast for the forward pass and task loss (the config's amp = true)")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
     parser.add_argument("--workers", type=int, help="data-loading worker processes")
@@ -49,7 +59,7 @@ def _overrides(args) -> dict:
         image_size = 299  # the paper trains the pre-activation (v2) ResNets on 299x299 images
     return {"arch": args.arch, "epochs": args.epochs, "batch_size": args.batch_size, "width": args.width,
             "small_input": args.small_input, "image_size": image_size, "seed": args.seed,
-            "num_workers": args.workers}
+            "num_workers": args.workers, "amp": args.amp}
 
 
 def _setup(args):
@@ -60,8 +70,6 @@ def _setup(args):
 
 
 def _train(args) -> int:
-    import json
-
     from models.data import resolve
     from models.presets import load_preset, with_overrides
     from models.train import train
@@ -69,14 +77,15 @@ def _train(args) -> int:
     _setup(args)
     config = with_overrides(load_preset(args.config or args.preset), **_overrides(args))
     train_set, val_set = resolve(args.data, image_size=config.image_size, seed=config.seed)
-    path = train(config, train_set, val_set, args.out, resume=args.resume, progress=not args.no_progress,
-                 device=args.device)
+    path = train(config, train_set, val_set, args.out, resume=args.resume, overwrite=args.overwrite,
+                 progress=not args.no_progress, device=args.device)
     if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports
         return 0
     metadata = json.loads(path.with_suffix(".json").read_text())
     if metadata["status"] == "diverged":
         at = metadata["diverged_at"]
-        print(f"{path}: diverged at step {at['step']} ({at.get('layer') or 'task loss'}); recorded top1 = {metadata['top1']}")
+        print(f"{path}: diverged at step {at['step']} ({at.get('layer') or 'task loss'}); "
+              f"recorded top1 = {metadata['top1']}")
         return 3
     top1, top5 = metadata.get("top1"), metadata.get("top5")
     accuracy = f"top1 {top1:.4f} top5 {top5:.4f}" if top1 is not None else "no validation set"
@@ -99,7 +108,5 @@ def _sweep(args) -> int:
     train_set, val_set = resolve(args.data, image_size=_overrides(args)["image_size"] or 224, seed=args.seed or 0)
     sweep_noise(rules, sigmas, train_set, val_set, args.out, _overrides(args), progress=not args.no_progress,
                 device=args.device)
-    from pathlib import Path
-
     print((Path(args.out) / "results.md").read_text())
     return 0

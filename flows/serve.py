@@ -1,8 +1,10 @@
 """The deployments, and `serve()`: what `neuralign serve` (and so `make neural-fit` / `make serve`) runs.
 
-    neural-fit/default          the embedded default: synthetic MajajHong2015-shaped data generated into the
+    neural-fit/default          the embedded CPU demo: synthetic MajajHong2015-shaped data generated into the
                                 work folder, quarter-width ResNet-18s trained briefly under seven rules plus
-                                an untrained one, the paper protocol. Offline, CPU, minutes on 2 cores.
+                                the same small network untrained, the paper protocol. Offline, minutes on
+                                2 cores. Its small sizes are this deployment's parameters (DEMO_*), never
+                                defaults of the library or the CLI.
     neural-fit/majajhong2015    the real data: `data_root` (or $NEURALIGN_MAJAJHONG2015) and checkpoints.
     train-rule/default          one rule on the built-in synthetic object images.
     compare/default             merge finished runs into one report.
@@ -17,27 +19,38 @@ from pathlib import Path
 from prefect import serve as prefect_serve
 from prefect.deployments.runner import EntrypointType
 
-from flows import jobs
-from flows.flows import compare, neural_fit, train_rule
+from flows.datasets import SYNTHETIC
+from flows.workflows import compare, neural_fit, train_rule
+from flows.workspace import work_dir
 
-DEFAULT_RULES = ("bp", "fa", "wm", "ia", "sa", "aa", "kp")
-DEFAULT_CHECKPOINTS = [*DEFAULT_RULES, "random:resnet18"]
-# Runs import the flows as `flows.flows`: by file path the module would be named `flows` and shadow the
-# package in Dask workers, which unpickle tasks by module name.
+DEMO_RULES = ("bp", "fa", "wm", "ia", "sa", "aa", "kp")
+# The untrained baseline of the demo: the demo's small network at its seeded initialisation.
+DEMO_RANDOM = "random:resnet18?width=0.25&small_input=1&num_classes=8&seed=0"
+DEMO_CHECKPOINTS = [*DEMO_RULES, DEMO_RANDOM]
+# Training on 2 CPU cores: a quarter-width ResNet-18 on 32 px synthetic object images for a few epochs.
+# These override each preset's values (its rule, alignment optimizer and noise settings stay).
+DEMO_TRAINING = {"width": 0.25, "small_input": True, "image_size": 32, "epochs": 3, "batch_size": 64,
+                 "lr": 0.05, "warmup_epochs": 0.0, "lr_drops": [2.0], "num_workers": 0}
+DEMO_TRAINING_SET = {"n_per_class": 100, "val_per_class": 25, "seed": 0}
+DEMO_DATASET = {"n_images": 320, "n_sites": 40, "reps": 6, "seed": 0, "image_size": 64}
+# Runs import the flows by module path (`flows.workflows`), as Dask workers unpickle tasks by module name.
 MODULE = EntrypointType.MODULE_PATH
 
 
 def deployments(work: Path | None = None) -> list:
     """The RunnerDeployments served by `serve()`; parameter defaults point into the work folder."""
-    work = jobs.work_dir(work)
+    work = work_dir(work)
     runs = work / "runs"
     return [
         neural_fit.to_deployment(
             name="default",
             description="Rules x layers x regions on the synthetic MajajHong2015-shaped dataset (CPU, offline).",
             parameters={
-                "checkpoints": list(DEFAULT_CHECKPOINTS),
-                "dataset": jobs.SYNTHETIC,
+                "checkpoints": list(DEMO_CHECKPOINTS),
+                "dataset": SYNTHETIC,
+                "synthetic": dict(DEMO_DATASET),
+                "training": dict(DEMO_TRAINING),
+                "training_set": dict(DEMO_TRAINING_SET),
                 "protocol": "paper",
                 "layers": "default",
                 "out": str(runs / "neural-fit-default"),
@@ -57,7 +70,6 @@ def deployments(work: Path | None = None) -> list:
                 "protocol": "paper",
                 "layers": "default",
                 "out": str(runs / "neural-fit-majajhong2015"),
-                "extraction": {"image_size": 224, "batch_size": 64},
             },
             tags=["neuralign", "real-data"],
             entrypoint_type=MODULE,
@@ -65,7 +77,8 @@ def deployments(work: Path | None = None) -> list:
         train_rule.to_deployment(
             name="default",
             description="Train one rule on the built-in synthetic object images (CPU-sized).",
-            parameters={"rule": "fa", "data": "builtin:synthetic"},
+            parameters={"rule": "fa", "data": "builtin:synthetic", "training": dict(DEMO_TRAINING),
+                        "training_set": dict(DEMO_TRAINING_SET)},
             tags=["neuralign"],
             entrypoint_type=MODULE,
         ),

@@ -28,10 +28,19 @@ The L2 normalisation divides by max(norm, eps) with eps = 1e-12.
 Defaults (`AlignmentOptions()`): no noise, FO bias on (f_l is the layer's real output x_{l+1}), everything else
 off, so R is exactly Table 1 on the real activations. When the input is unchanged (no noise, no BI op), f_l
 is built from the stashed output instead of a second forward convolution.
+
+Sub-batch (`batch_fraction` f < 1, a cost option, not in the paper): R reads only the first ceil(f * N)
+samples of the stashed batch. Every activation primitive is a mean over the batch and the training batch
+is a random draw (the loader shuffles every epoch), so the first ceil(f * N) samples are themselves a random
+sample and R on them is an unbiased estimate of R on the batch, with more variance; the extra convolutions
+of amp/null/sparse cost f times as much. Batch centring (BWMC) then centres over the sub-batch.
+
+Mixed precision: activations stashed under autocast (bf16) are promoted to the weights' dtype, so R and
+its gradient are computed in full precision whatever precision the forward pass ran in.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+import math
 from typing import Optional
 
 import torch
@@ -39,6 +48,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .convert import asymmetric_layers
+from .layer_ops import AlignmentOptions
 from .primitives import FUNCTIONS, Geometry, LayerTensors, closed_form, has_closed_form
 
 __all__ = ["AlignmentOptions", "alignment_loss", "clear_stash", "MissingActivationsError"]
@@ -51,53 +61,6 @@ class MissingActivationsError(LookupError):
 
     def __str__(self):
         return str(self.args[0])
-
-
-@dataclass(frozen=True)
-class AlignmentOptions:
-    """Backward-pass input noise and the Appendix B.1.3 layer-op switches (alignment loss only)."""
-
-    input_noise: float = 0.0
-    noise_mode: str = "replace"
-    fo_bias: bool = True
-    bo_bias: bool = False
-    fo_relu: bool = False
-    bo_relu: bool = False
-    fo_bwmc: bool = False
-    bi_bwmc: bool = False
-    fo_fwmc: bool = False
-    bo_fwmc: bool = False
-    fo_fwl2n: bool = False
-    bo_fwl2n: bool = False
-    bi_fwmc: bool = False
-    bi_fwl2n: bool = False
-
-    def __post_init__(self):
-        if self.noise_mode not in ("replace", "perturb"):
-            raise ValueError(f"AlignmentOptions.noise_mode must be 'replace' or 'perturb', got {self.noise_mode!r}")
-        if not (isinstance(self.input_noise, (int, float)) and self.input_noise >= 0):
-            raise ValueError(f"AlignmentOptions.input_noise (sigma) must be a number >= 0, got {self.input_noise!r}")
-        for f in fields(self):
-            if f.type in ("bool", bool) and not isinstance(getattr(self, f.name), bool):
-                raise ValueError(f"AlignmentOptions.{f.name} must be true/false, got {getattr(self, f.name)!r}")
-
-    @classmethod
-    def from_dict(cls, values: Optional[dict], source: str = "alignment options") -> "AlignmentOptions":
-        """Build from a dict (e.g. a preset's `layer_ops` table), naming unknown keys."""
-        values = dict(values or {})
-        valid = [f.name for f in fields(cls)]
-        unknown = sorted(set(values) - set(valid))
-        if unknown:
-            raise KeyError(f"{source}: unknown alignment option(s) {unknown}; valid options: {', '.join(valid)}")
-        return cls(**values)
-
-    @property
-    def changes_input(self) -> bool:
-        return self.input_noise > 0 or self.bi_bwmc or self.bi_fwmc or self.bi_fwl2n
-
-    @property
-    def changes_backward_path(self) -> bool:
-        return self.bo_bias or self.bo_relu or self.bo_fwmc or self.bo_fwl2n
 
 
 def clear_stash(model: nn.Module) -> None:
@@ -170,16 +133,31 @@ def _layer_tensors(name: str, layer, options: AlignmentOptions) -> LayerTensors:
             f"alignment_loss: the stashed input/output of layer {name!r} was modified in place after the "
             "forward pass (an in-place op such as ReLU(inplace=True) on it); make that op out-of-place")
     bias = None if layer.bias is None else layer.bias.detach()
-    x = _backward_input(layer.stashed_input, options)
+    stashed_input, stashed_output = _sub_batch(layer, options.batch_fraction, W.dtype)
+    x = _backward_input(stashed_input, options)
     x_next = None
     terms = layer.rule.terms
     if layer.rule.needs_output:
-        x_next = _forward_output(x, W, bias, layer.stashed_output, geometry, options)
+        x_next = _forward_output(x, W, bias, stashed_output, geometry, options)
     backward_path = None
     if options.changes_backward_path:
         backward_path = lambda b: _backward_output(b, bias, options)  # noqa: E731
     amp_via = "reconstruction" if "null" in terms else "backward_output" if "sparse" in terms else "correlation"
     return LayerTensors(W, B, x, x_next, geometry, backward_path, amp_via)
+
+
+def _sub_batch(layer, fraction: float, dtype: torch.dtype) -> tuple[Tensor, Optional[Tensor]]:
+    """The stashed input and output cut to their first ceil(fraction * N) samples, in `dtype`."""
+    stashed = (layer.stashed_input, layer.stashed_output)
+    if fraction < 1:
+        keep = _sub_batch_size(layer.stashed_input.shape[0], fraction)
+        stashed = tuple(None if t is None else t[:keep] for t in stashed)
+    return tuple(None if t is None else t.to(dtype) for t in stashed)
+
+
+def _sub_batch_size(batch: int, fraction: float) -> int:
+    """ceil(fraction * batch), at least 1 (rounded first so that 0.3 * 10 counts as 3, not 4)."""
+    return max(1, math.ceil(round(fraction * batch, 9)))
 
 
 def _backward_input(x: Tensor, o: AlignmentOptions) -> Tensor:

@@ -6,6 +6,7 @@ from typing import Iterable, Mapping, Optional
 import torch
 from torch import nn
 
+from .errors import UnknownNameError
 from .layers import AsymConv2d, AsymLinear, AsymmetricMixin
 from .rules import get_rule
 
@@ -114,7 +115,7 @@ def load_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], so
                          f"({_rule_names(model)}) has none; build it with the rule the checkpoint was trained with")
     result = model.load_state_dict(state_dict, strict=False)
     if result.missing_keys or result.unexpected_keys:
-        raise KeyError(f"{source}: state_dict does not match the model: missing keys "
+        raise UnknownNameError(f"{source}: state_dict does not match the model: missing keys "
                        f"{_shorten(result.missing_keys)}, unexpected keys {_shorten(result.unexpected_keys)}")
     return model
 

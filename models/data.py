@@ -9,7 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from sklearn.datasets import load_digits
 from torch.utils.data import Dataset
+from torchvision import datasets, transforms
+
+from .errors import UnknownNameError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -52,9 +56,7 @@ def builtin(name: str = "digits", image_size: int = 32, val_fraction: float = 0.
     3 channels, split into train/val by a permutation seeded with `seed` (the same split on every call).
     """
     if name != "digits":
-        raise KeyError(f"unknown built-in dataset {name!r}; valid: {', '.join(BUILTIN)}")
-    from sklearn.datasets import load_digits
-
+        raise UnknownNameError(f"unknown built-in dataset {name!r}; valid: {', '.join(BUILTIN)}")
     digits = load_digits()
     images = (digits.images / 16.0).astype(np.float32)  # (1797, 8, 8) in [0, 1]
     labels = digits.target.astype(np.int64)
@@ -74,8 +76,6 @@ def imagenet(root: str | Path, image_size: int = 224, resize_size: int | None = 
     Train: RandomResizedCrop(image_size) + horizontal flip; val: resize to `resize_size` (default
     image_size * 256/224, i.e. 256 for 224 and 342 for the v2 models' 299) then centre crop.
     """
-    from torchvision import datasets, transforms
-
     root = Path(root)
     for split in ("train", "val"):
         if not (root / split).is_dir():

@@ -26,9 +26,29 @@ from .rules import Rule, get_rule
 __all__ = ["AsymLinear", "AsymConv2d", "AsymmetricMixin"]
 
 
+def _autocast_dtype(x: Tensor) -> Optional[torch.dtype]:
+    """The dtype autocast computes in on x's device, or None when autocast is off there."""
+    kind = x.device.type
+    return torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else None
+
+
+def _cast(dtype: Optional[torch.dtype], *tensors: Optional[Tensor]) -> tuple[Optional[Tensor], ...]:
+    if dtype is None:
+        return tensors
+    return tuple(None if t is None else t.to(dtype) for t in tensors)
+
+
+# Mixed precision: the forward runs in autocast's dtype, as nn.Linear / nn.Conv2d would, and saves its inputs
+# in that dtype; the backward computes in the gradient's dtype and returns each gradient in its input's dtype
+# (fp32 for the weights). `torch.amp.custom_fwd/custom_bwd` would do this for one device type fixed at
+# decoration; these layers run on CPU and CUDA alike, so the casts are explicit. Without autocast nothing is cast.
+
+
 class _AsymLinearFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, weight_backward, bias, transport):
+        ctx.dtypes = (x.dtype, weight.dtype, weight_backward.dtype, None if bias is None else bias.dtype)
+        x, weight, weight_backward, bias = _cast(_autocast_dtype(x), x, weight, weight_backward, bias)
         ctx.save_for_backward(x, weight_backward)
         ctx.transport = transport
         return F.linear(x, weight, bias)
@@ -36,23 +56,26 @@ class _AsymLinearFunction(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out):
-        x, weight_backward = ctx.saved_tensors
+        x, weight_backward = _cast(grad_out.dtype, *ctx.saved_tensors)
+        x_dtype, w_dtype, b_dtype, bias_dtype = ctx.dtypes
         need_x, need_w, need_b, need_bias = ctx.needs_input_grad[:4]
         grad_x = grad_w = grad_b = grad_bias = None
         if need_x:
-            grad_x = grad_out @ weight_backward
+            grad_x = (grad_out @ weight_backward).to(x_dtype)
         if need_w or (ctx.transport and need_b):
-            grad_w = grad_out.reshape(-1, grad_out.shape[-1]).T @ x.reshape(-1, x.shape[-1])
+            grad_w = (grad_out.reshape(-1, grad_out.shape[-1]).T @ x.reshape(-1, x.shape[-1])).to(w_dtype)
         if ctx.transport and need_b:
-            grad_b = grad_w.clone()
+            grad_b = grad_w.to(b_dtype, copy=True)
         if need_bias:
-            grad_bias = grad_out.reshape(-1, grad_out.shape[-1]).sum(0)
+            grad_bias = grad_out.reshape(-1, grad_out.shape[-1]).sum(0).to(bias_dtype)
         return grad_x, (grad_w if need_w else None), grad_b, grad_bias, None
 
 
 class _AsymConv2dFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, weight_backward, bias, stride, padding, dilation, groups, transport):
+        ctx.dtypes = (x.dtype, weight.dtype, weight_backward.dtype, None if bias is None else bias.dtype)
+        x, weight, weight_backward, bias = _cast(_autocast_dtype(x), x, weight, weight_backward, bias)
         ctx.save_for_backward(x, weight_backward)
         ctx.conf = (stride, padding, dilation, groups, transport, None if bias is None else [bias.shape[0]])
         return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
@@ -60,7 +83,7 @@ class _AsymConv2dFunction(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out):
-        x, weight_backward = ctx.saved_tensors
+        x, weight_backward = _cast(grad_out.dtype, *ctx.saved_tensors)
         stride, padding, dilation, groups, transport, bias_sizes = ctx.conf
         need_x, need_w, need_b, need_bias = ctx.needs_input_grad[:4]
         want_w = need_w or (transport and need_b)
@@ -70,7 +93,11 @@ class _AsymConv2dFunction(torch.autograd.Function):
         grad_x, grad_w, grad_bias = torch.ops.aten.convolution_backward(
             grad_out, x, weight_backward, bias_sizes, list(stride), list(padding), list(dilation), False,
             [0, 0], groups, [need_x, want_w, need_bias])
-        grad_b = grad_w.clone() if transport and need_b else None
+        x_dtype, w_dtype, b_dtype, bias_dtype = ctx.dtypes
+        grad_x = None if grad_x is None else grad_x.to(x_dtype)
+        grad_w = None if grad_w is None else grad_w.to(w_dtype)
+        grad_bias = None if grad_bias is None else grad_bias.to(bias_dtype)
+        grad_b = grad_w.to(b_dtype, copy=True) if transport and need_b else None
         return grad_x, (grad_w if need_w else None), grad_b, grad_bias, None, None, None, None, None
 
 

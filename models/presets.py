@@ -15,38 +15,34 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_serializer, model_validator
+
+from .errors import UnknownNameError
+from .layer_ops import LayerOps
 
 PRESET_DIR = Path(__file__).with_name("presets")
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+    """Frozen, unknown keys rejected; fields in `_OMIT_AT_DEFAULT` are left out of dumps at their default.
 
-
-class LayerOps(_Strict):
-    """Backward-pass layer operations of Appendix B.1.3 (the rows of Table 5).
-
-    `fo_*` act on the forward path output f_l (W only), `bo_*` on the backward path output b_l (B only),
-    `bi_*` on the input to the backward pass. bwmc = mean-centre across the batch, fwmc = mean-centre
-    across features, fwl2n = centre then L2-normalise across features. Defaults match the engine's
-    `models.alignment.AlignmentOptions` (forward-path bias on, everything else off).
+    Those are fields added after configs were first recorded in checkpoints: leaving them out while they
+    are at their default keeps earlier checkpoints' configs equal to today's (reuse of finished runs) and
+    keeps content keys computed from `model_dump()` where they were.
     """
 
-    fo_bias: bool = True
-    fo_relu: bool = False
-    fo_bwmc: bool = False
-    fo_fwmc: bool = False
-    fo_fwl2n: bool = False
-    bo_bias: bool = False
-    bo_relu: bool = False
-    bo_fwmc: bool = False
-    bo_fwl2n: bool = False
-    bi_bwmc: bool = False
-    bi_fwmc: bool = False
-    bi_fwl2n: bool = False
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+    _OMIT_AT_DEFAULT: ClassVar[dict] = {}
+
+    @model_serializer(mode="wrap")
+    def _omit_new_fields_at_default(self, handler):
+        data = handler(self)
+        for key, default in self._OMIT_AT_DEFAULT.items():
+            if key in data and data[key] == default and type(data[key]) is type(default):
+                del data[key]
+        return data
 
 
 class AlignmentConfig(_Strict):
@@ -59,6 +55,11 @@ class AlignmentConfig(_Strict):
     lr_drops: list[float] | None = Field(None, description="None: drop in sync with the task objective's lr_drops")
     input_noise: float = Field(0.0, ge=0, description="std of Gaussian inputs to the backward pass (0: none)")
     input_noise_mode: Literal["replace", "perturb"] = "replace"
+    batch_fraction: float = Field(1.0, gt=0, le=1, description=(
+        "share of the batch R is evaluated on: the first ceil(f * batch) samples (1: all, the paper's setting); "
+        "unbiased because batches are shuffled, see models.alignment"))
+
+    _OMIT_AT_DEFAULT: ClassVar[dict] = {"batch_fraction": 1.0}
 
 
 class TrainConfig(_Strict):
@@ -88,10 +89,13 @@ class TrainConfig(_Strict):
     delay_epochs: int = Field(0, ge=0, description="epochs of R alone before J starts")
     update_noise: float = Field(0.0, ge=0, description="std of Gaussian noise added to every update, times the lr")
     layer_ops: LayerOps = Field(default_factory=LayerOps)
+    amp: bool = Field(False, description="bf16 autocast for the forward pass and task loss (CUDA, and CPU)")
 
     seed: int = 0
     num_workers: int = Field(0, ge=0)
     eval_batch_size: int | None = Field(None, ge=1)
+
+    _OMIT_AT_DEFAULT: ClassVar[dict] = {"amp": False}
 
     @model_validator(mode="after")
     def _check_rule(self) -> "TrainConfig":
@@ -118,7 +122,8 @@ def load_preset(name_or_path: str | Path, **overrides) -> TrainConfig:
     looks_like_path = isinstance(name_or_path, Path) or text.endswith(".toml") or "/" in text
     if not looks_like_path:
         if text not in preset_names():
-            raise KeyError(f"unknown preset {text!r}; valid presets: {', '.join(preset_names())} (or a .toml file path)")
+            raise UnknownNameError(f"unknown preset {text!r}; valid presets: {', '.join(preset_names())} "
+                                   "(or a .toml file path)")
         path = PRESET_DIR / f"{text}.toml"
     else:
         path = Path(text)
@@ -156,7 +161,7 @@ def _read_toml_with_base(path: Path, seen: tuple[Path, ...]) -> dict:
         raise ValueError(f"{path}: key 'base' must be a preset name or a .toml path, got {base!r}")
     base_path = PRESET_DIR / f"{base}.toml" if base in preset_names() else (path.parent / base)
     if not base_path.is_file():
-        raise KeyError(f"{path}: base {base!r} is neither a preset ({', '.join(preset_names())}) nor a file")
+        raise UnknownNameError(f"{path}: base {base!r} is neither a preset ({', '.join(preset_names())}) nor a file")
     if base_path.resolve() in seen:
         raise ValueError(f"{path}: 'base' chain loops back to {base_path}")
     merged = _deep_merge(_read_toml_with_base(base_path, seen + (base_path.resolve(),)), data)

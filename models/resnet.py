@@ -14,11 +14,12 @@ units BN-ReLU-conv x3 with the projection shortcut reading the pre-activated inp
 """
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable
 
 import torch
 from torch import nn
 
+from .errors import UnknownNameError
 from .layers import AsymConv2d, AsymLinear
 from .rules import get_rule
 
@@ -230,5 +231,5 @@ def build_model(arch: str, rule="bp", **kwargs) -> nn.Module:
     """`ARCHS[arch](rule=rule, **kwargs)` with a clear error for an unknown architecture."""
     key = arch.strip().lower() if isinstance(arch, str) else arch
     if key not in ARCHS:
-        raise KeyError(f"unknown arch {arch!r}; valid archs: {', '.join(ARCHS)}")
+        raise UnknownNameError(f"unknown arch {arch!r}; valid archs: {', '.join(ARCHS)}")
     return ARCHS[key](rule=rule, **kwargs)

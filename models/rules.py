@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Mapping
 
+from .errors import UnknownNameError
+
 __all__ = ["Primitive", "Rule", "PRIMITIVES", "RULES", "get_rule", "parse_terms"]
 
 
@@ -138,7 +140,7 @@ _NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
 
 def _check_term(primitive: str, weight: float, where: str) -> None:
     if primitive not in PRIMITIVES:
-        raise KeyError(f"{where}: unknown primitive {primitive!r}; valid primitives: {', '.join(PRIMITIVES)}")
+        raise UnknownNameError(f"{where}: unknown primitive {primitive!r}; valid primitives: {', '.join(PRIMITIVES)}")
     if not isinstance(weight, (int, float)) or isinstance(weight, bool) or not math.isfinite(weight):
         raise ValueError(f"{where}: weight of {primitive!r} must be a finite number, got {weight!r}")
     if primitive in _POSITIVE_ONLY and weight < 0:
@@ -194,7 +196,7 @@ def get_rule(rule: "str | Rule") -> Rule:
     if "=" in key:
         terms = parse_terms(key)
         return Rule(",".join(f"{name}={weight:g}" for name, weight in terms.items()), terms)
-    raise KeyError(
+    raise UnknownNameError(
         f"unknown rule {rule!r}; valid rules: {', '.join(RULES)}, or a weighted sum of primitives like "
         f"'amp=1,decay=0.5' (primitives: {', '.join(PRIMITIVES)})"
     )

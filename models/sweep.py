@@ -10,7 +10,8 @@ import csv
 import json
 from pathlib import Path
 
-from models.presets import load_preset, with_overrides
+from .presets import load_preset, with_overrides
+from .train import train
 
 COLUMNS = ("rule", "sigma", "top1", "top5", "status", "epoch", "checkpoint")
 
@@ -23,8 +24,6 @@ def sweep_noise(rules: list[str], sigmas: list[float], train_set, val_set, out_d
                 overrides: dict | None = None, progress: bool = True, device: str | None = None) -> list[dict]:
     """Train every (rule preset, sigma) pair into `out_dir/<rule>_sigma<sigma>/`; write `results.csv` and
     `results.md` in `out_dir`; return the rows. Finished runs are reused (each run resumes)."""
-    from models.train import train
-
     out_dir = Path(out_dir)
     configs = {(rule, sigma): with_overrides(load_preset(rule), update_noise=sigma, **(overrides or {}))
                for rule in rules for sigma in sigmas}  # validate every config before training any

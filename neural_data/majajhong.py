@@ -9,6 +9,8 @@ A file path works too. Selections:
 - "paper": variations 3 and 6 (5120 images), 70-170 ms, repetitions kept (average with `.averaged()`);
 - "public": variations 0 and 3 (3200 images); "private": variation 6 (2560 images).
 All drop the 40 unreliable `Tito_L_P` V4 sites that Brain-Score's packaging drops (168 IT + 88 V4 remain).
+Train/test splits are stratified by `object_name`: the paper (Appendix B.5) splits "75-25 within each object
+category" of the "64 object categories", i.e. within each of the 64 objects (80 images each in V3+V6).
 """
 from __future__ import annotations
 
@@ -27,6 +29,8 @@ from .loaders.dicarlo_hdf5 import load_dicarlo_hdf5
 from .schema import NEUROID, PRESENTATION, NeuralDataset
 from .stimuli import StimulusSet
 from .validate import validate
+
+STRATIFY_BY = "object_name"  # the paper's 75/25 split is within each of the 64 objects
 
 ENV_VAR = "NEURALIGN_MAJAJHONG2015"
 SELECTIONS = {"paper": (3, 6), "public": (0, 3), "private": (6,)}
@@ -79,7 +83,7 @@ def load_majajhong2015(selection: str = "paper", data_root=None, *, stimuli=None
     else:
         raise DataNotAvailableError(f"{root}: no .nc or .hdf5 file found; expected {ACCEPTED}")
     dataset = _select(dataset, variations, NAMES[selection])
-    validate(dataset.assembly, dataset.stimuli, source=dataset.source, stratify_by="category_name",
+    validate(dataset.assembly, dataset.stimuli, source=dataset.source, stratify_by=STRATIFY_BY,
              check_images=check_images, min_per_category=min_per_category)
     return dataset
 
@@ -160,5 +164,5 @@ def _select(dataset: NeuralDataset, variations, name: str) -> NeuralDataset:
     if (regions.get("IT"), regions.get("V4")) != (168, 88):
         warnings.warn(f"{dataset.source}: {regions} sites after dropping unreliable ones; the paper used 168 IT + "
                       f"88 V4", stacklevel=3)
-    return NeuralDataset(name=name, assembly=assembly, stimuli=stimuli, stratify_by="category_name",
+    return NeuralDataset(name=name, assembly=assembly, stimuli=stimuli, stratify_by=STRATIFY_BY,
                          citation=CITATION, source=dataset.source, time_window_ms=TIME_WINDOW_MS)

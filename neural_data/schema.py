@@ -15,10 +15,11 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from .errors import DatasetError
+from .errors import DatasetError, UnknownRegionError, cut_list
 from .stimuli import StimulusSet
 
 PRESENTATION, NEUROID = "presentation", "neuroid"
+NO_STRATIFICATION = "none"  # a dataset's stratify_by when train/test splits are plain random ones
 
 # Metadata column spellings seen in the wild -> the schema's names.
 COLUMN_ALIASES = {
@@ -44,7 +45,7 @@ def normalize_stimulus_table(table: pd.DataFrame, id_column: str | None = None, 
     if id_column and id_column != "stimulus_id":
         if id_column not in table.columns:
             raise DatasetError(f"{source or 'stimulus table'}: id column '{id_column}' not found "
-                               f"(columns: {', '.join(map(str, table.columns))})")
+                               f"({cut_list(table.columns, 'column', limit=20)})")
         table = table.drop(columns=[c for c in ["stimulus_id"] if c in table.columns])
         table = table.rename(columns={id_column: "stimulus_id"})
     renames = {old: new for old, new in COLUMN_ALIASES.items() if old in table.columns and new not in table.columns}
@@ -114,11 +115,13 @@ def average_repetitions(assembly: xr.DataArray, stimulus_ids: list[str] | None =
     order = list(dict.fromkeys(presented)) if stimulus_ids is None else list(stimulus_ids)
     index = pd.Index(order)
     if not index.is_unique:
-        raise DatasetError(f"stimulus ids are not unique: {sorted(index[index.duplicated()].unique())[:5]}")
+        duplicates = sorted(index[index.duplicated()].unique())
+        raise DatasetError(f"stimulus ids are not unique: {cut_list(duplicates, 'repeated stimulus id')}")
     codes = index.get_indexer(presented)
     if (codes < 0).any():
         missing = sorted(set(presented[codes < 0]))
-        raise DatasetError(f"assembly has responses to stimuli not in the stimulus set: {missing[:5]}")
+        raise DatasetError(f"assembly has responses to stimuli not in the stimulus set: "
+                           f"{cut_list(missing, 'stimulus id')}")
     means = _grouped_nanmean(np.asarray(assembly.transpose(PRESENTATION, NEUROID).values), codes, len(order))
     table = stimulus_table if stimulus_table is not None else pd.DataFrame({"stimulus_id": order})
     coords: dict[str, Any] = {"stimulus_id": (PRESENTATION, np.asarray(order, dtype=str))}
@@ -164,8 +167,9 @@ class NeuralDataset:
     """A neural dataset in the common schema.
 
     assembly: trial-level DataArray (presentation, neuroid); stimuli: the StimulusSet of every presented
-    stimulus; stratify_by: the stimulus column to stratify train/test splits by; regions: the region
-    labels present; truth: planted answers (synthetic datasets only); source: where it was read from.
+    stimulus; stratify_by: the stimulus column to stratify train/test splits by, or "none"
+    (`NO_STRATIFICATION`) for plain random splits; regions: the region labels present; truth: planted
+    answers (synthetic datasets only); source: where it was read from.
     `identifier` (name + content hash) is computed when left empty.
     """
 
@@ -190,6 +194,11 @@ class NeuralDataset:
     def __repr__(self) -> str:
         return f"NeuralDataset({self.identifier!r}: {self.summary()}; source {self.source!r})"
 
+    @property
+    def stratify_column(self) -> str | None:
+        """The stimulus column splits are stratified by; None when `stratify_by` is "none"."""
+        return None if self.stratify_by == NO_STRATIFICATION else self.stratify_by
+
     def averaged(self) -> xr.DataArray:
         """(presentation=stimulus, neuroid) NaN-aware mean over repetitions, ordered like `stimuli.stimulus_ids`."""
         if self._averaged is None:
@@ -211,7 +220,7 @@ class NeuralDataset:
         averaged = self.averaged()
         mask = averaged["region"].values.astype(str) == name
         if not mask.any():
-            raise KeyError(f"{self.name}: no sites in region '{name}' (regions: {', '.join(self.regions)})")
+            raise UnknownRegionError(f"{self.name}: no sites in region '{name}' (regions: {', '.join(self.regions)})")
         return averaged.isel(neuroid=np.flatnonzero(mask))
 
     def summary(self) -> str:

@@ -14,9 +14,9 @@ from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
-from .errors import DatasetError
+from .errors import DatasetError, UnreadableImageError, cut_list
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif")
 
@@ -40,6 +40,10 @@ class ImageSource:
 
     def read(self, key: str) -> bytes:
         raise NotImplementedError
+
+    def where(self, key: str) -> str:
+        """The file (or zip member, or array row) that `read(key)` reads, for messages."""
+        return f"{self.description}, {key}"
 
 
 class _NamedFilesSource(ImageSource):
@@ -80,6 +84,9 @@ class FolderImages(_NamedFilesSource):
             raise FileNotFoundError(f"{self.folder}: no image file for stimulus '{key}'")
         return (self.folder / name).read_bytes()
 
+    def where(self, key: str) -> str:
+        return str(self.folder / (self.locate(key) or key))
+
 
 class ZipImages(_NamedFilesSource):
     """Images inside a zip archive (any folder depth inside the archive)."""
@@ -105,6 +112,9 @@ class ZipImages(_NamedFilesSource):
         if name is None:
             raise FileNotFoundError(f"{self.archive}: no image in the zip for stimulus '{key}'")
         return self._zip().read(name)
+
+    def where(self, key: str) -> str:
+        return f"{self.archive}, member {self.locate(key) or key}"
 
     def __getstate__(self):
         state = dict(self.__dict__)
@@ -148,6 +158,9 @@ class ArrayImages(ImageSource):
         Image.fromarray(self.pixels(key)).save(buffer, format="PNG")
         return buffer.getvalue()
 
+    def where(self, key: str) -> str:
+        return f"{self.description}, row {self._row.get(key, '?')}"
+
 
 def to_uint8(image: np.ndarray) -> np.ndarray:
     """Convert an image array to uint8: floats in [0, 1] scale by 255, other floats are min-max scaled."""
@@ -162,6 +175,18 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
     else:
         scaled = (image - low) / max(high - low, 1e-12) * 255.0
     return np.clip(np.round(scaled), 0, 255).astype(np.uint8)
+
+
+# What PIL raises for bytes that are not a (complete, sane) image.
+UNREADABLE_IMAGE_ERRORS = (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError,
+                           Image.DecompressionBombError)
+
+
+def _decode_failure(error: Exception, data: bytes) -> str:
+    """Why PIL could not decode `data`, in words (PIL's own message names an in-memory buffer)."""
+    if isinstance(error, UnidentifiedImageError):
+        return f"not a recognised image format ({len(data)} bytes)"
+    return str(error) or type(error).__name__
 
 
 def image_source(location: str | os.PathLike) -> ImageSource:
@@ -185,7 +210,7 @@ class StimulusSet:
                  source: str = ""):
         if "stimulus_id" not in table.columns:
             raise DatasetError(f"{source or 'stimulus table'}: no 'stimulus_id' column "
-                               f"(columns: {', '.join(map(str, table.columns))})")
+                               f"({cut_list(table.columns, 'column', limit=20)})")
         table = table.reset_index(drop=True).copy()
         table["stimulus_id"] = table["stimulus_id"].astype(str)
         self.table = table
@@ -221,26 +246,62 @@ class StimulusSet:
         """Stimulus ids of the table whose image cannot be found in any source."""
         return [sid for sid in self.stimulus_ids if not self.has_image(sid)]
 
-    def image_bytes(self, stimulus_id: str) -> bytes:
-        """The encoded image file (PNG, JPEG, ...) of one stimulus."""
+    def _source_of(self, stimulus_id: str) -> tuple[ImageSource, str]:
+        """The first source holding the stimulus's image, and the key it is found under there."""
         for key in self._keys(stimulus_id):
             for source in self.sources:
                 if source.has(key):
-                    return source.read(key)
+                    return source, key
         where = ", ".join(s.description for s in self.sources) or "no image source"
         raise FileNotFoundError(f"{where}: no image for stimulus '{stimulus_id}'")
 
+    def image_bytes(self, stimulus_id: str) -> bytes:
+        """The encoded image file (PNG, JPEG, ...) of one stimulus."""
+        source, key = self._source_of(stimulus_id)
+        return source.read(key)
+
+    def image_location(self, stimulus_id: str) -> str:
+        """The file, zip member or array row holding the image of one stimulus, for messages."""
+        source, key = self._source_of(stimulus_id)
+        return source.where(key)
+
     def open(self, stimulus_id: str) -> Image.Image:
-        """The image of one stimulus as a PIL image (mode as stored: 'L', 'RGB', ...)."""
-        image = Image.open(io.BytesIO(self.image_bytes(stimulus_id)))
-        image.load()
+        """The image of one stimulus as a PIL image (mode as stored: 'L', 'RGB', ...).
+
+        A file that is not a decodable image raises UnreadableImageError (a DatasetError) naming the
+        stimulus and the file.
+        """
+        data = self.image_bytes(stimulus_id)
+        try:
+            image = Image.open(io.BytesIO(data))
+            image.load()
+        except UNREADABLE_IMAGE_ERRORS as error:
+            raise UnreadableImageError.of(stimulus_id, self.image_location(stimulus_id),
+                                          _decode_failure(error, data)) from None
         return image
+
+    def unreadable_images(self) -> dict[str, str]:
+        """{stimulus_id: "file: why"} of every image that exists but cannot be decoded.
+
+        Decodes the images one at a time (none are kept); stimuli without an image are left to
+        `missing_images`.
+        """
+        unreadable = {}
+        for stimulus_id in self.stimulus_ids:
+            if not self.has_image(stimulus_id):
+                continue
+            try:
+                self.open(stimulus_id).close()
+            except UnreadableImageError as error:
+                unreadable[stimulus_id] = f"{error.location}: {error.reason}"
+        return unreadable
 
     def subset(self, stimulus_ids: Sequence[str]) -> "StimulusSet":
         """A new set with these stimuli, in this order, sharing the image sources."""
         missing = [sid for sid in stimulus_ids if sid not in self._row]
         if missing:
-            raise KeyError(f"{self.source or 'stimulus set'}: unknown stimulus_id(s) {missing[:5]}")
+            raise DatasetError(f"{self.source or 'stimulus set'}: stimuli not in the set: "
+                               f"{cut_list(missing, 'stimulus id')}")
         rows = [self._row[sid] for sid in stimulus_ids]
         return StimulusSet(self.table.iloc[rows], self.sources, source=self.source)
 

@@ -1,37 +1,39 @@
 """Activations -> regression -> scores -> reports. Pure library code: no Prefect import.
 
+The metric has three steps (:mod:`pipeline.metric`): ``plan_fits`` (splits, targets, row order),
+``fit`` (one region of one layer, some splits) and ``score_predictions`` (correlations, aggregation,
+ceilings); ``fit_scores`` runs all three in one call.
+
 The public names below are imported on first use (PEP 562), so ``import pipeline`` stays cheap:
 torch, h5py and the regression code load only when a name that needs them is touched.
 """
 from __future__ import annotations
 
 import importlib
-from pathlib import Path
 
-# public name -> (submodule, attribute). `pipeline.extract` is the submodule (contract:
-# `pipeline.extract.extract`), so its main function is exported as `extract_activations`.
+# public name -> (submodule, attribute). `pipeline.extract` is the submodule, so its main function is
+# exported as `extract_activations`.
 _EXPORTS = {
     "extract_activations": ("extract", "extract"),
-    "resolve_layers": ("extract", "resolve_layers"),
-    "weights_sha256": ("extract", "weights_sha256"),
-    "UnknownLayerError": ("extract", "UnknownLayerError"),
+    "resolve_layers": ("layers", "resolve_layers"),
+    "UnknownLayerError": ("layers", "UnknownLayerError"),
     "ActivationStore": ("store", "ActivationStore"),
     "Preprocessing": ("preprocess", "Preprocessing"),
     "preprocess_images": ("preprocess", "preprocess_images"),
     "KernelPLS": ("pls", "KernelPLS"),
-    "gram_blocks": ("pls", "gram_blocks"),
-    "parse_reduction": ("reduce", "parse_reduction"),
     "get_protocol": ("protocols", "get_protocol"),
     "PROTOCOLS": ("protocols", "PROTOCOLS"),
     "split_half_ceiling": ("ceiling", "split_half_ceiling"),
-    "fit_one": ("score", "fit_one"),
+    "FitPlan": ("metric", "FitPlan"),
+    "plan_fits": ("metric", "plan_fits"),
+    "fit": ("metric", "fit"),
+    "score_predictions": ("metric", "score_predictions"),
     "fit_scores": ("score", "fit_scores"),
     "write_report": ("report", "write_report"),
     "compare": ("report", "compare"),
 }
 
-# Only names whose module is present, so `from pipeline import *` works while parts are missing.
-__all__ = sorted(name for name, (module, _) in _EXPORTS.items() if (Path(__file__).parent / f"{module}.py").exists())
+__all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name: str):

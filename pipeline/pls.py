@@ -20,15 +20,22 @@ The deflated quantities are never formed. With ``Q`` the orthonormal scores foun
 ``Y_k^T K_k Y_k`` expands into small matrices built from ``Y^T K Y``, ``Q^T Y``, ``(K Q)^T Y``
 and ``Q^T K Q``, so a fit costs one ``K @ Y`` product plus two ``K @ v`` per component:
 O(n^2 q + n^2 k), independent of the feature count once the Gram matrix ``X X^T`` is known
-(:func:`gram_blocks` computes it out of core, on a GPU when one is present). ``fit(X, Y)``
+(:func:`pipeline.gram.gram` computes it out of core, on a GPU when one is present). ``fit(X, Y)``
 can instead take the same steps in feature space (``solver="primal"``), cheaper for a
 one-shot fit when there are far fewer targets than samples.
+
+``KernelPLS`` is a scikit-learn estimator (``get_params``, ``clone``, ``score`` as R^2), so it can be
+checked against ``PLSRegression`` in one line and dropped into sklearn tooling.
 """
 from __future__ import annotations
 
 import numpy as np
+from scipy.linalg import eigh
+from sklearn.base import BaseEstimator, RegressorMixin
 
-__all__ = ["KernelPLS", "center_gram", "gram_blocks", "fit_predict_gram"]
+from .gram import column_mean, gram
+
+__all__ = ["KernelPLS", "center_gram", "fit_predict_gram"]
 
 
 # --------------------------------------------------------------------------- Gram helpers
@@ -54,73 +61,8 @@ def center_gram(K_train: np.ndarray, K_test: np.ndarray | None = None):
     return Kc, Kc_test
 
 
-def gram_blocks(X, train_idx=None, device=None, block_features: int = 8192,
-                dtype: str = "float64", center: bool = True) -> np.ndarray:
-    """Gram matrix ``X[:, :] X[train_idx, :]^T`` computed blockwise over features.
-
-    X: (n_stimuli, n_features) array-like: numpy array, ``np.memmap``, h5py dataset or
-    dask array (too large for RAM is fine: it is read ``block_features`` columns at a time,
-    through dask when X is not already in memory).
-    train_idx: rows to use as the second factor (None: all rows -> full (n, n) Gram).
-    device: torch device ("cuda", "cpu", None = "cuda" when available else numpy on CPU).
-    dtype: "float64" (default) or "float32": products in float32, each block's partial Gram
-        accumulated in float64. float32 rounds every partial Gram entry to 24 bits, which moves
-        25-component predictions by 1e-5..5e-5 relative (measured, tests/pipeline/test_pls.py):
-        outside the 1e-5 agreement with sklearn, so it is opt-in.
-    center: subtract the all-stimulus feature mean first (removes the common offset of ReLU
-        features before the products); per-split centring (:func:`center_gram`) is unaffected.
-    Returns (n_stimuli, len(train_idx)) float64.
-    """
-    import dask.array as da
-
-    arr = X if isinstance(X, da.Array) else da.from_array(X, chunks=(X.shape[0], block_features))
-    arr = arr.rechunk((arr.shape[0], block_features))
-    n = arr.shape[0]
-    cols = np.arange(n) if train_idx is None else np.asarray(train_idx)
-    mean = arr.astype(np.float64).mean(axis=0).compute() if center else None
-    backend = _GramBackend(device, dtype)
-    out = np.zeros((n, len(cols)), dtype=np.float64)
-    for j, block in enumerate(arr.blocks):  # each block: (n, <= block_features)
-        b = np.asarray(block.compute(), dtype=np.float64)
-        if mean is not None:
-            lo = j * block_features
-            b = b - mean[lo:lo + b.shape[1]]
-        out += backend.product(b, cols)
-    return out
-
-
-class _GramBackend:
-    """One ``B @ B[cols]^T`` product on numpy or torch, float64 result."""
-
-    def __init__(self, device, dtype):
-        if dtype not in ("float64", "float32"):
-            raise ValueError(f"gram_blocks: dtype must be 'float64' or 'float32', got {dtype!r}")
-        self.dtype = dtype
-        self.torch = None
-        if device is None:
-            try:
-                import torch
-                device = "cuda" if torch.cuda.is_available() else None
-            except ImportError:
-                device = None
-        if device is not None:
-            import torch
-            self.torch = torch
-            self.device = torch.device(device)
-
-    def product(self, block: np.ndarray, cols: np.ndarray) -> np.ndarray:
-        if self.torch is None:
-            b = block.astype(self.dtype, copy=False)
-            return (b @ b[cols].T).astype(np.float64)
-        torch = self.torch
-        tdt = torch.float64 if self.dtype == "float64" else torch.float32
-        b = torch.from_numpy(block).to(self.device, dtype=tdt)
-        idx = torch.from_numpy(np.asarray(cols, dtype=np.int64)).to(self.device)
-        return (b @ b.index_select(0, idx).T).double().cpu().numpy()
-
-
 # --------------------------------------------------------------------------- the estimator
-class KernelPLS:
+class KernelPLS(RegressorMixin, BaseEstimator):
     """PLS regression equal to a converged ``sklearn.cross_decomposition.PLSRegression``
     with ``scale=False``; fitted from features or from a Gram matrix.
 
@@ -144,22 +86,12 @@ class KernelPLS:
         self.n_components = n_components
         self.solver = solver
 
-    # sklearn-style parameter access (for clone / grid search)
-    def get_params(self, deep=True):
-        return {"n_components": self.n_components, "solver": self.solver}
-
-    def set_params(self, **params):
-        for key, value in params.items():
-            setattr(self, key, value)
-        return self
-
     # ------------------------------------------------------------------ feature API
     def fit(self, X, Y):
         """X: (n, p) features (numpy, float32 fine), Y: (n, q) or (n,) targets. Returns self.
 
-        The kernel path never holds a float64 copy of X: it reads column blocks, accumulates the
-        centred Gram with a symmetric rank-k update (half the flops of X X^T), and forms
-        ``coef_ = Xc^T dual_coef_`` block by block.
+        The kernel path never holds a float64 copy of X: it forms the centred Gram with
+        :func:`pipeline.gram.gram` (column panels) and ``coef_ = Xc^T dual_coef_`` block by block.
         """
         if not hasattr(X, "shape") or len(X.shape) != 2:
             X = _as_2d_float(X, "X")
@@ -168,12 +100,12 @@ class KernelPLS:
         if self.n_components > min(n, p):
             raise ValueError(f"KernelPLS: n_components={self.n_components} exceeds "
                              f"min(n_samples={n}, n_features={p})")
-        self.x_mean_ = _column_mean(X)
+        self.x_mean_ = column_mean(X)
         solver = self.solver
         if solver == "auto":
             solver = _auto_solver(n, p, Y.shape[1])
         if solver == "kernel":
-            self._fit_centered_gram(_centered_gram(X, self.x_mean_), Y)
+            self._fit_centered_gram(gram(X, center=self.x_mean_), Y)
             self.coef_ = np.empty((p, Y.shape[1]))
             for cols, block in _column_blocks(X, self.x_mean_):
                 self.coef_[cols] = block.T @ self.dual_coef_
@@ -335,24 +267,6 @@ def _column_blocks(X, mean: np.ndarray, width: int = BLOCK_FEATURES):
         yield cols, block
 
 
-def _column_mean(X, width: int = BLOCK_FEATURES) -> np.ndarray:
-    return np.concatenate([np.asarray(X[:, lo:lo + width], dtype=np.float64).mean(axis=0)
-                           for lo in range(0, X.shape[1], width)])
-
-
-def _centered_gram(X, mean: np.ndarray) -> np.ndarray:
-    """(X - mean)(X - mean)^T, (n, n) float64, by symmetric rank-k updates (BLAS dsyrk) per block."""
-    from scipy.linalg.blas import dsyrk
-
-    n = X.shape[0]
-    K = np.zeros((n, n), order="F")
-    for _, block in _column_blocks(X, mean):
-        # block is C-ordered (n, w): as a Fortran array it is block^T, so trans=1 gives block block^T
-        K = dsyrk(1.0, block.T, beta=1.0, c=K, trans=1, overwrite_c=1)
-    upper = np.triu(K)
-    return upper + np.triu(K, 1).T
-
-
 def _deflate(v: np.ndarray, T: list) -> np.ndarray:
     """v minus its projection on the orthonormal columns T (a list of (n,) vectors)."""
     for t in T:
@@ -364,8 +278,6 @@ def _dominant_eigenvector(M: np.ndarray) -> np.ndarray:
     """Unit eigenvector of the largest eigenvalue of a symmetric PSD matrix."""
     if M.shape[0] == 1:
         return np.ones(1)
-    from scipy.linalg import eigh
-
     q = M.shape[0]
     _, vec = eigh(M, subset_by_index=[q - 1, q - 1], driver="evr")  # only the top pair: cheaper
     return vec[:, 0]

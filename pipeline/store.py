@@ -10,25 +10,26 @@ File layout (``<cache_dir>/<key>.h5``, with ``<key>.json`` beside it holding the
 While an extraction runs the file is ``<key>.h5.partial`` and ``done`` says which batches are
 written; it is renamed into place only when every batch is done, so a ``<key>.h5`` is always complete.
 
-Gram matrices ``X X^T`` are computed from column panels (every byte of X read once, memory bounded by
-the panel size) in float64 and cached as ``<key>.<layer>.gram.npy``.
+Gram matrices ``X X^T`` are computed by :func:`pipeline.gram.gram` (column panels, every byte of X read
+once, float64) and cached as ``<key>.<layer>.gram.npy``.
 """
 from __future__ import annotations
 
 import json
 import os
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Sequence
 
 import h5py
 import numpy as np
-import torch
+
+from models.files import atomic_path, write_atomic
+
+from .gram import gram as gram_of
 
 FORMAT = "neuralign-activations"
 VERSION = 1
 CHUNK_BYTES = 4 * 2**20  # one HDF5 chunk: large enough for fast I/O, small enough for any panel width
-PANEL_BYTES = 256 * 2**20  # float32 bytes of X held per Gram panel (memory bound of `gram`)
 
 
 class StoreError(ValueError):
@@ -42,58 +43,6 @@ def chunk_shape(n_rows: int, n_features: int, batch_size: int) -> tuple[int, int
     return rows, cols
 
 
-def write_json_atomic(path: Path, payload: dict) -> None:
-    """Write JSON to ``path`` via a temporary file and ``os.replace`` (never a half-written file)."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
-
-
-def resolve_device(device=None) -> torch.device:
-    """``None`` -> CUDA when available, else CPU."""
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def _panels(dataset: h5py.Dataset, panel_bytes: int):
-    """Column ranges of ``dataset`` aligned to its chunks, each at most ~panel_bytes of float32."""
-    n_rows, n_cols = dataset.shape
-    chunk_cols = dataset.chunks[1] if dataset.chunks else n_cols
-    width = max(chunk_cols, (panel_bytes // (4 * max(n_rows, 1))) // chunk_cols * chunk_cols)
-    return [(start, min(start + width, n_cols)) for start in range(0, n_cols, width)]
-
-
-def blockwise_gram(dataset: h5py.Dataset, device=None, panel_bytes: int = PANEL_BYTES) -> np.ndarray:
-    """``X @ X.T`` in float64 for an on-disk X (n, f), reading one column panel (n, w) at a time.
-
-    ``X X^T = sum_k X[:, k] X[:, k]^T`` over column panels, so each byte of X is read exactly once and
-    memory holds one panel (two while the next is prefetched) plus the (n, n) float64 result. The
-    products run in float64 (float32 inputs are exact in float64), on ``device`` (default: CUDA when
-    present); reading the next panel overlaps the current product.
-    """
-    device = resolve_device(device)
-    n = dataset.shape[0]
-    gram = torch.zeros((n, n), dtype=torch.float64, device=device)
-    panels = _panels(dataset, panel_bytes)
-    if not panels:
-        return gram.cpu().numpy()
-
-    def read(bounds: tuple[int, int]) -> torch.Tensor:
-        start, stop = bounds
-        return torch.from_numpy(np.ascontiguousarray(dataset[:, start:stop], dtype=np.float32))
-
-    with ThreadPoolExecutor(max_workers=1) as reader:  # torch's GEMM releases the GIL, so they overlap
-        next_panel = reader.submit(read, panels[0])
-        for i in range(len(panels)):
-            panel = next_panel.result()
-            if i + 1 < len(panels):
-                next_panel = reader.submit(read, panels[i + 1])
-            x = panel.to(device).double()
-            gram.addmm_(x, x.T)
-    return gram.cpu().numpy()
-
-
 class ActivationStore:
     """Read access to a complete activation file (see module docstring for the layout).
 
@@ -102,8 +51,9 @@ class ActivationStore:
     reopens the file by path), so Dask workers can share one store.
     """
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, reused: bool = False):
         self.path = Path(path)
+        self.reused = reused  # True when an extraction found this store already complete
         if not self.path.exists():
             raise FileNotFoundError(f"activation store {self.path} does not exist")
         self._file = None
@@ -179,13 +129,16 @@ class ActivationStore:
         if cache and path.exists():
             gram = np.load(path)
         else:
-            gram = blockwise_gram(self.features(layer), device=device)
+            gram = gram_of(self.features(layer), device=device)
             if cache:
-                # A per-process temp name: workers computing the same layer at once must not share it.
-                tmp = path.with_name(f"{path.name}.{os.getpid()}.partial.npy")
-                np.save(tmp, gram)
-                os.replace(tmp, path)
+                with atomic_path(path) as tmp:  # workers computing the same layer at once never share a name
+                    np.save(tmp, gram)
         if rows is None:
             return gram
         index = self.rows(rows)
         return gram[np.ix_(index, index)]
+
+
+def write_json(path: Path, payload: dict) -> None:
+    """The store's metadata sidecar, written atomically."""
+    write_atomic(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")

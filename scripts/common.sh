@@ -18,7 +18,8 @@ export PREFECT_LOCAL_STORAGE_PATH="$PREFECT_HOME/storage"
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=120
 export PREFECT_RUNNER_POLL_FREQUENCY="${PREFECT_RUNNER_POLL_FREQUENCY:-2}"
 
-SERVER_PID_FILE="$NEURALIGN_WORK/prefect-server.pid"
+# The server runs under Prefect's own lifecycle (`prefect server start --background` keeps its pid in
+# $PREFECT_HOME/server.pid, `prefect server stop` ends it); only the port it was given is ours to remember.
 SERVER_PORT_FILE="$NEURALIGN_WORK/prefect-server.port"
 SERVER_LOG="$NEURALIGN_WORK/prefect-server.log"
 SERVE_PID_FILE="$NEURALIGN_WORK/serve.pid"
@@ -42,16 +43,12 @@ alive() {
 
 server_url() { echo "http://127.0.0.1:$(cat "$SERVER_PORT_FILE")/api"; }
 
+# `prefect server status` against the remembered port; with a timeout it waits that long for the server.
 healthy() {
     [[ -f "$SERVER_PORT_FILE" ]] || return 1
-    python - "$(server_url)/health" <<'PY'
-import sys, urllib.request
-try:
-    with urllib.request.urlopen(sys.argv[1], timeout=3) as response:
-        sys.exit(0 if response.status == 200 else 1)
-except OSError:
-    sys.exit(1)
-PY
+    local wait=(--no-wait)
+    [[ -n "${1:-}" ]] && wait=(--wait --timeout "$1")
+    PREFECT_API_URL="$(server_url)" prefect --no-prompt server status "${wait[@]}" >/dev/null 2>&1
 }
 
 # Starts "$@" in its own session (so the process group can be stopped as one), logging to $1's file.

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Starts (or reuses) the local Prefect server and the process serving the neuralign deployments, in the
-# background. Waits until the server answers /api/health and the deployments are registered.
-# Pids, the chosen port and logs go to $NEURALIGN_WORK (default ./work). Stop them with scripts/stop.sh.
+# background. The server's lifecycle is Prefect's own (`prefect server start --background`,
+# `prefect server status --wait`, `prefect server stop`); `neuralign serve` runs in its own process group.
+# Waits until the server answers and the deployments are registered. The port, the serve pid and logs go
+# to $NEURALIGN_WORK (default ./work). Stop both with scripts/stop.sh.
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 SERVER_TIMEOUT_S="${SERVER_TIMEOUT_S:-180}"
@@ -31,22 +33,30 @@ wait_until() {
 }
 
 start_server() {
-    if alive "$SERVER_PID_FILE" && healthy; then
-        log "Prefect server already running at $(server_url) (pid $(cat "$SERVER_PID_FILE"))"
+    if healthy; then
+        log "Prefect server already running at $(server_url)"
         return 0
     fi
-    # A half-dead previous server (pid alive, not answering) holds the port and the database: stop it first.
+    # A server that stopped answering still holds its pid file (and maybe the port): end it first.
     stop_group "$SERVE_PID_FILE" "deployment server"
-    stop_group "$SERVER_PID_FILE" "Prefect server"
+    prefect --no-prompt server stop >/dev/null 2>&1 || true
     local port
     port="$(free_port)"
     echo "$port" >"$SERVER_PORT_FILE"
-    log "starting the Prefect server on 127.0.0.1:$port (log: $SERVER_LOG)"
-    PREFECT_SERVER_API_PORT="$port" start_detached "$SERVER_PID_FILE" "$SERVER_LOG" \
-        prefect server start --host 127.0.0.1 --port "$port"
-    wait_until "the Prefect server" "$SERVER_PID_FILE" "$SERVER_LOG" "$SERVER_TIMEOUT_S" 1 \
-        "did not answer $(server_url)/health" healthy
-    log "Prefect server healthy after ${WAITED}s"
+    log "starting the Prefect server on 127.0.0.1:$port (prefect server start --background)"
+    if ! PREFECT_SERVER_API_PORT="$port" prefect --no-prompt server start --host 127.0.0.1 --port "$port" \
+            --background >"$SERVER_LOG" 2>&1; then
+        log "the Prefect server did not start; last lines of $SERVER_LOG:"
+        tail -n 30 "$SERVER_LOG" >&2
+        exit 1
+    fi
+    if ! healthy "$SERVER_TIMEOUT_S"; then
+        log "the Prefect server did not answer $(server_url)/health within ${SERVER_TIMEOUT_S}s;"
+        log "run 'prefect server start --port $port' in the foreground to see why"
+        prefect --no-prompt server stop >/dev/null 2>&1 || true
+        exit 1
+    fi
+    log "Prefect server healthy"
 }
 
 # One request per deployment to GET /api/deployments/name/FLOW/NAME (no Prefect import: fast).

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from ..errors import DatasetError
+from ..errors import DatasetError, cut_list
 from ..schema import NEUROID, PRESENTATION, NeuralDataset, make_assembly, normalize_stimulus_table
 from ..stimuli import StimulusSet, image_source
 
@@ -32,10 +32,10 @@ def read_brainio_array(path: str | os.PathLike, variable: str | None = None) -> 
         names = list(dataset.data_vars)
         if variable is None:
             if len(names) != 1:
-                raise DatasetError(f"{path}: holds {len(names)} data variables {names}; pass variable=")
+                raise DatasetError(f"{path}: holds {cut_list(names, 'data variable')}; pass variable=")
             variable = names[0]
         if variable not in names:
-            raise DatasetError(f"{path}: no data variable '{variable}' (found: {names})")
+            raise DatasetError(f"{path}: no data variable '{variable}' (found {cut_list(names, 'data variable')})")
         array = dataset[variable].load()
     return array
 
@@ -68,7 +68,7 @@ def _select_time_window(array: xr.DataArray, window, source: str) -> xr.DataArra
     inside = (starts >= start) & (ends <= end)
     if not inside.any():
         bins = [f"{s}-{e}" for s, e in zip(starts, ends)]
-        raise DatasetError(f"{source}: no time bin inside {start:g}-{end:g} ms (bins: {bins[:10]})")
+        raise DatasetError(f"{source}: no time bin inside {start:g}-{end:g} ms ({cut_list(bins, 'time bin')})")
     selected = array.isel(time_bin=np.flatnonzero(inside))
     return selected.mean("time_bin", skipna=True, keep_attrs=True).drop_vars(
         [c for c in ("time_bin_start", "time_bin_end") if c in selected.coords], errors="ignore")

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..errors import DatasetError
+from ..errors import DatasetError, cut_list
 from ..schema import NeuralDataset, make_assembly, normalize_stimulus_table
 from ..stimuli import ArrayImages, StimulusSet
 
@@ -51,7 +51,7 @@ def _read_image_meta(handle, path: Path) -> pd.DataFrame:
     for required in ("object_name", "category_name", "variation"):
         if required not in table.columns:
             raise DatasetError(f"{path}: missing image_meta field for '{required}' "
-                               f"(found: {', '.join(group.keys())})")
+                               f"(found {cut_list(group.keys(), 'field', limit=20)})")
     return table
 
 
@@ -84,7 +84,8 @@ def load_dicarlo_hdf5(path: str | os.PathLike, *, variations=None, name: str | N
     with h5py.File(path, "r") as handle:
         for required in ("images", "time_averaged_trial_averaged"):
             if required not in handle:
-                raise DatasetError(f"{path}: missing dataset '{required}' (found: {', '.join(handle.keys())})")
+                raise DatasetError(f"{path}: missing dataset '{required}' "
+                                   f"(found {cut_list(handle.keys(), 'dataset', limit=20)})")
         table = _read_image_meta(handle, path)
         averaged = handle["time_averaged_trial_averaged"]
         if averaged.ndim != 2 or averaged.shape[0] != len(table):

@@ -1,7 +1,8 @@
 """The folder format: adding a dataset needs files, not code.
 
     my_dataset/
-      dataset.toml     name, citation, id column, stratification column, regions, time window
+      dataset.toml     name, citation, id column, stratification column, regions, time window, file names
+                       (the keys and their types: `neural_data.manifest.DatasetManifest`)
       stimuli.csv      one row per image: the id column + any metadata (object_name, category_name, ...)
       images/ or images.zip   one file per stimulus, found by a filename column or as <stimulus_id>.png/.jpg
       responses.npy | responses.h5 | responses.nc
@@ -15,104 +16,74 @@ package's schema (presentation, neuroid) or Brain-Score's (neuroid, presentation
 from __future__ import annotations
 
 import json
-import tomllib
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import xarray as xr
 
-from ..errors import DatasetError
+from ..errors import DatasetError, cut_list
+from ..manifest import MANIFEST_FILE, DatasetManifest, read_manifest
 from ..schema import NeuralDataset, make_assembly, normalize_stimulus_table
 from ..stimuli import StimulusSet, image_source
-from ..validate import DEFAULT_MIN_PER_CATEGORY, find_problems, validate
+from ..validate import validate
 from .brainio import assembly_from_brainio
 
-MANIFEST = "dataset.toml"
 RESPONSE_FILES = ("responses.nc", "responses.h5", "responses.hdf5", "responses.npy")
-KNOWN_KEYS = {"name", "citation", "stimulus_id_column", "stratify_by", "regions", "time_window_ms",
-              "responses", "images", "stimuli", "neuroids", "description", "min_per_category"}
-
-
-def read_manifest(folder: Path) -> dict:
-    """dataset.toml as a dict, with unknown keys rejected (typos should not pass silently)."""
-    path = folder / MANIFEST
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: not found (a folder dataset needs a {MANIFEST}; "
-                                f"see neural_data/README.md, 'Adding a dataset')")
-    try:
-        manifest = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as error:
-        raise DatasetError(f"{path}: not valid TOML: {error}") from None
-    unknown = sorted(set(manifest) - KNOWN_KEYS)
-    if unknown:
-        raise DatasetError(f"{path}: unknown key(s) {unknown}; valid keys: {sorted(KNOWN_KEYS)}")
-    if "name" not in manifest:
-        raise DatasetError(f"{path}: missing key 'name'")
-    window = manifest.get("time_window_ms")
-    if window is not None and (not isinstance(window, list) or len(window) != 2):
-        raise DatasetError(f"{path}: 'time_window_ms' must be [start, end] in ms, got {window!r}")
-    return manifest
+IMAGE_LOCATIONS = ("images", "images.zip")  # looked for in this order when dataset.toml names none
 
 
 def load_folder(folder: str | Path, *, validate_dataset: bool = True, check_images: bool = True) -> NeuralDataset:
     """Read a folder-format dataset (see module docstring) and validate it."""
     folder = Path(folder)
     manifest = read_manifest(folder)
-    stimuli = _read_stimuli(folder, manifest)
-    assembly = _read_responses(folder, manifest, stimuli)
-    stratify_by = manifest.get("stratify_by", "category_name")
-    regions = list(manifest.get("regions", [])) or None
+    stimuli = read_stimuli(folder, manifest)
+    assembly = read_responses(folder, manifest, stimuli)
     if validate_dataset:
-        validate(assembly, stimuli, source=str(folder), stratify_by=stratify_by, regions=regions,
-                 min_per_category=int(manifest.get("min_per_category", DEFAULT_MIN_PER_CATEGORY)),
-                 check_images=check_images)
+        validate(assembly, stimuli, source=str(folder), check_images=check_images, **manifest.validation_options())
+    return folder_dataset(folder, manifest, stimuli, assembly)
+
+
+def folder_dataset(folder: Path, manifest: DatasetManifest, stimuli: StimulusSet,
+                   assembly: xr.DataArray) -> NeuralDataset:
+    """The NeuralDataset of a folder's parts, with its truth.json when there is one."""
     truth_path = folder / "truth.json"
-    window = manifest.get("time_window_ms")
     return NeuralDataset(
-        name=manifest["name"], assembly=assembly, stimuli=stimuli, stratify_by=stratify_by,
-        regions=regions or [], citation=manifest.get("citation", ""),
-        truth=json.loads(truth_path.read_text()) if truth_path.is_file() else None,
-        source=str(folder), time_window_ms=tuple(window) if window else None,
+        name=manifest.name, assembly=assembly, stimuli=stimuli, stratify_by=manifest.stratify_by,
+        regions=list(manifest.regions), citation=manifest.citation,
+        truth=_read_truth(truth_path) if truth_path.is_file() else None,
+        source=str(folder), time_window_ms=manifest.time_window,
     )
 
 
-def check_folder(folder: str | Path) -> list[str]:
-    """Every problem of a folder dataset as sentences (empty list: it loads and validates)."""
-    folder = Path(folder)
+def _read_truth(path: Path) -> dict:
     try:
-        manifest = read_manifest(folder)
-        stimuli = _read_stimuli(folder, manifest)
-        assembly = _read_responses(folder, manifest, stimuli)
-    except (ValueError, LookupError, OSError) as error:
-        return [str(error)]
-    return find_problems(assembly, stimuli, stratify_by=manifest.get("stratify_by", "category_name"),
-                         regions=list(manifest.get("regions", [])) or None,
-                         min_per_category=int(manifest.get("min_per_category", DEFAULT_MIN_PER_CATEGORY)))
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise DatasetError(f"{path}: not valid JSON: {error}") from None
 
 
-def _read_stimuli(folder: Path, manifest: dict) -> StimulusSet:
-    path = folder / manifest.get("stimuli", "stimuli.csv")
+def read_stimuli(folder: Path, manifest: DatasetManifest) -> StimulusSet:
+    """The stimulus table named by the manifest, with its images (a folder or a zip)."""
+    path = folder / manifest.stimuli
     if not path.is_file():
         raise FileNotFoundError(f"{path}: stimulus table not found")
-    table = pd.read_csv(path)
-    table = normalize_stimulus_table(table, manifest.get("stimulus_id_column"), source=str(path))
+    table = normalize_stimulus_table(pd.read_csv(path), manifest.stimulus_id_column, source=str(path))
     if "stimulus_id" not in table.columns:
         raise DatasetError(f"{path}: no 'stimulus_id' column; name the id column with stimulus_id_column "
-                           f"in {MANIFEST} (columns: {', '.join(map(str, table.columns))})")
-    images = manifest.get("images")
-    candidates = [folder / images] if images else [folder / "images", folder / "images.zip"]
+                           f"in {MANIFEST_FILE} ({cut_list(table.columns, 'column', limit=20)})")
+    candidates = [folder / manifest.images] if manifest.images else [folder / name for name in IMAGE_LOCATIONS]
     existing = [c for c in candidates if c.exists()]
     if not existing:
         raise FileNotFoundError(f"{folder}: no images found (looked for {', '.join(c.name for c in candidates)})")
     return StimulusSet(table, [image_source(existing[0])], source=str(path))
 
 
-def _response_path(folder: Path, manifest: dict) -> Path:
-    if "responses" in manifest:
-        path = folder / manifest["responses"]
+def _response_path(folder: Path, manifest: DatasetManifest) -> Path:
+    if manifest.responses:
+        path = folder / manifest.responses
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: responses file named in {MANIFEST} not found")
+            raise FileNotFoundError(f"{path}: responses file named in {MANIFEST_FILE} not found")
         return path
     for name in RESPONSE_FILES:
         if (folder / name).is_file():
@@ -120,11 +91,11 @@ def _response_path(folder: Path, manifest: dict) -> Path:
     raise FileNotFoundError(f"{folder}: no responses file (expected one of {', '.join(RESPONSE_FILES)})")
 
 
-def _read_responses(folder: Path, manifest: dict, stimuli: StimulusSet) -> xr.DataArray:
+def read_responses(folder: Path, manifest: DatasetManifest, stimuli: StimulusSet) -> xr.DataArray:
+    """The trial-level assembly of the folder's responses file (.nc, .h5/.hdf5 or .npy)."""
     path = _response_path(folder, manifest)
-    window = tuple(manifest["time_window_ms"]) if manifest.get("time_window_ms") else None
     if path.suffix == ".nc":
-        return _read_netcdf(path, stimuli, window)
+        return _read_netcdf(path, stimuli, manifest.time_window)
     if path.suffix == ".npy":
         array = np.load(path, allow_pickle=False)
     else:
@@ -138,7 +109,7 @@ def _read_hdf5_array(path: Path) -> np.ndarray:
 
     with h5py.File(path, "r") as handle:
         if "responses" not in handle:
-            raise DatasetError(f"{path}: no dataset 'responses' (found: {', '.join(handle.keys())})")
+            raise DatasetError(f"{path}: no dataset 'responses' (found {cut_list(handle.keys(), 'dataset', limit=20)})")
         return np.asarray(handle["responses"][()])
 
 
@@ -146,19 +117,19 @@ def _read_netcdf(path: Path, stimuli: StimulusSet, window) -> xr.DataArray:
     with xr.open_dataset(path) as dataset:
         variables = list(dataset.data_vars)
         if len(variables) != 1:
-            raise DatasetError(f"{path}: expected one data variable, found {variables}")
+            raise DatasetError(f"{path}: expected one data variable, found {cut_list(variables, 'data variable')}")
         array = dataset[variables[0]].load()
     return assembly_from_brainio(array, stimuli.table, time_window=window, source=str(path))
 
 
-def _read_neuroids(folder: Path, manifest: dict, n_sites: int) -> pd.DataFrame:
-    path = folder / manifest.get("neuroids", "neuroids.csv")
+def _read_neuroids(folder: Path, manifest: DatasetManifest, n_sites: int) -> pd.DataFrame:
+    path = folder / manifest.neuroids
     if not path.is_file():
         raise FileNotFoundError(f"{path}: site table not found (one row per site: neuroid_id, region, ...)")
     table = pd.read_csv(path)
     for column in ("neuroid_id", "region"):
         if column not in table.columns:
-            raise DatasetError(f"{path}: missing column '{column}' (columns: {', '.join(map(str, table.columns))})")
+            raise DatasetError(f"{path}: missing column '{column}' ({cut_list(table.columns, 'column', limit=20)})")
     if len(table) != n_sites:
         raise DatasetError(f"{path}: {len(table)} rows but the responses have {n_sites} sites (first axis)")
     table["neuroid_id"] = table["neuroid_id"].astype(str)

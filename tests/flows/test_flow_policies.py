@@ -1,11 +1,11 @@
-"""Caching, retry and task-runner policies of flows.flows (no server needed)."""
+"""Caching, retry and task-runner policies of flows.workflows (no server needed)."""
 from __future__ import annotations
 
 from types import SimpleNamespace
 
 import pytest
 
-flows_module = pytest.importorskip("flows.flows")
+from flows import workflows as flows_module
 
 
 def test_cache_key_follows_content_not_locations():
@@ -31,6 +31,14 @@ def test_bad_input_is_not_retried_but_other_failures_are():
     assert not retry(None, None, _failed(KeyError("unknown rule")))
     assert retry(None, None, _failed(OSError("connection reset")))
     assert retry(None, None, _failed(RuntimeError("worker lost")))
+
+
+def test_cancellations_and_interrupts_are_never_retried():
+    from prefect.states import Cancelled, Completed
+
+    retry = flows_module.retry_unless_bad_input
+    assert not retry(None, None, Cancelled(message="cancelled by the user"))
+    assert not retry(None, None, Completed(data=1))
 
 
 def test_task_runner_choice(monkeypatch):

@@ -208,3 +208,55 @@ def test_bad_options_are_rejected():
     with pytest.raises(KeyError, match="fo_relu"):
         AlignmentOptions.from_dict({"fo_rleu": True}, source="presets/x.toml")
     assert AlignmentOptions.from_dict({"bo_relu": True}).bo_relu
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Sub-batch: R on the first ceil(f * N) samples of the stash
+
+
+def per_layer_loss_on(layer, x_l, x_next):
+    """The layer's R from Table 1 on given activations (default options), built without alignment_loss."""
+    tensors = P.LayerTensors(layer.weight.detach(), layer.weight_backward, x_l, x_next, P.Geometry.of(layer))
+    return sum(weight * P.FUNCTIONS[name](tensors) for name, weight in layer.rule.terms.items())
+
+
+@pytest.mark.parametrize("fraction,kept", [(0.5, 3), (0.25, 2), (0.34, 3), (1e-6, 1)])
+def test_batch_fraction_evaluates_r_on_the_first_samples(fraction, kept):
+    rule = Rule("custom", {"amp": 0.7, "null": 0.2, "sparse": 0.3, "self": 0.4, "decay": 0.5})
+    net = small_net(rule)
+    net(x_batch(6))
+    _, per_layer = alignment_loss(net, AlignmentOptions(batch_fraction=fraction))
+    for name, layer in models.asymmetric_layers(net):
+        expected = per_layer_loss_on(layer, layer.stashed_input[:kept], layer.stashed_output[:kept])
+        assert torch.isclose(per_layer[name], expected, rtol=1e-10), name
+        full = per_layer_loss_on(layer, layer.stashed_input, layer.stashed_output)
+        assert not torch.isclose(per_layer[name], full, rtol=1e-6)  # it really is another estimate
+
+
+def test_batch_fraction_one_is_the_whole_batch():
+    net = small_net("ia")
+    net(x_batch(5))
+    total, per_layer = alignment_loss(net)
+    same_total, same = alignment_loss(net, AlignmentOptions(batch_fraction=1.0))
+    assert torch.equal(total, same_total) and all(torch.equal(per_layer[k], same[k]) for k in per_layer)
+    for name, layer in models.asymmetric_layers(net):
+        assert torch.isclose(per_layer[name], per_layer_loss_on(layer, layer.stashed_input, layer.stashed_output),
+                             rtol=1e-10), name
+
+
+def test_batch_fraction_gradient_matches_the_sub_batch_formula():
+    """With layer ops and noise off, dR/dB on the sub-batch equals autograd of the formula on the sub-batch."""
+    net = small_net("aa")
+    net(x_batch(8))
+    alignment_loss(net, AlignmentOptions(batch_fraction=0.5))[0].backward()
+    for name, layer in models.asymmetric_layers(net):
+        got = layer.weight_backward.grad.clone()
+        layer.weight_backward.grad = None
+        per_layer_loss_on(layer, layer.stashed_input[:4], layer.stashed_output[:4]).backward()
+        torch.testing.assert_close(got, layer.weight_backward.grad, rtol=1e-10, atol=1e-12, msg=name)
+
+
+def test_bad_batch_fractions_are_rejected():
+    for bad in (0, -0.5, 1.5):
+        with pytest.raises(ValueError, match="AlignmentOptions.batch_fraction"):
+            AlignmentOptions(batch_fraction=bad)

@@ -1,7 +1,7 @@
 """Presets and configs: the paper's values, strict validation, clear errors naming file and key."""
 import pytest
 
-from models.presets import PRESETS, TrainConfig, load_preset, preset_names, with_overrides
+from models.presets import PRESETS, TrainConfig, config_from_dict, load_preset, preset_names, with_overrides
 
 PAPER_PRESETS = {"bp", "fa", "kp", "wm", "sa", "aa", "wm_tpe", "wm_tpe_ad", "wm_tpe_ad_ops", "ia_tpe"}
 
@@ -99,3 +99,27 @@ def test_file_with_base_and_bad_keys_name_the_file_and_key(tmp_path):
 
     with pytest.raises(FileNotFoundError, match="missing.toml"):
         load_preset(tmp_path / "missing.toml")
+
+
+def test_fields_added_later_stay_out_of_dumps_at_their_default():
+    config = load_preset("sa")
+    dumped = config.model_dump()
+    assert "amp" not in dumped and "batch_fraction" not in dumped["alignment"]
+    # a config recorded before those fields existed is today's config, so finished runs are still reused
+    assert config_from_dict(dumped) == config and config_from_dict(dumped).model_dump_json() == config.model_dump_json()
+    changed = with_overrides(config, amp=True, alignment={"batch_fraction": 0.25})
+    again = changed.model_dump(mode="json")
+    assert again["amp"] is True and again["alignment"]["batch_fraction"] == 0.25
+    assert config_from_dict(again) == changed
+
+
+def test_one_layer_ops_schema_for_configs_and_the_engine():
+    from models.layer_ops import AlignmentOptions, LayerOps
+
+    assert TrainConfig.model_fields["layer_ops"].annotation is LayerOps
+    assert issubclass(AlignmentOptions, LayerOps) and len(LayerOps.model_fields) == 12
+    assert AlignmentOptions().model_dump(include=set(LayerOps.model_fields)) == LayerOps().model_dump()
+    with pytest.raises(ValueError, match=r"run\.toml: .*'layer_ops\.fo_relu'"):
+        config_from_dict({"layer_ops": {"fo_relu": "yes"}}, source="run.toml")
+    with pytest.raises(ValueError, match=r"'alignment\.batch_fraction'"):
+        with_overrides(TrainConfig(), alignment={"batch_fraction": 0})

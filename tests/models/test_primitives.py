@@ -67,7 +67,6 @@ def conv_closed_forms(W, B, x, y):
     X = F.unfold(x, B.shape[-2:], **CONV)
     Y = y.reshape(N, y.shape[1], -1)
     YX = torch.einsum("nol,nil->oi", Y, X)
-    YY = torch.einsum("nol,npl->op", Y, Y)
     XX = torch.einsum("nil,njl->ij", X, X)  # overlapping patches: ||x^T B||^2 is still the sum over columns
     shape = B.shape
     return {

@@ -80,6 +80,8 @@ def test_cli_lists_and_shows_rules(capsys):
     for name in list(RULES) + list(PRIMITIVES):
         assert name in listing
     assert "non-local" in listing and "-tr(B_l W_l)" in listing
+    assert "--rule" not in listing  # no such option: the listing says how custom rules are really used
+    assert "neuralign rules show 'amp=1,decay=0.5'" in listing and 'rule = "amp=1,decay=0.5"' in listing
     assert main(["rules", "list"]) == 0
     assert capsys.readouterr().out == listing
     assert main(["rules", "show", "sa"]) == 0
@@ -88,7 +90,7 @@ def test_cli_lists_and_shows_rules(capsys):
     assert main(["rules", "show", "amp=1,decay=2"]) == 0
     assert "1 * amp + 2 * decay" in capsys.readouterr().out
     assert main(["rules", "show", "nonsense"]) == 2
-    assert "valid rules" in capsys.readouterr().err
+    assert "rules: error: unknown rule 'nonsense'; valid rules" in capsys.readouterr().err  # no KeyError quotes
 
 
 def test_cli_show_prints_preset_values_and_survives_missing_presets(capsys, monkeypatch):

@@ -9,9 +9,12 @@ import torch
 import models
 from models.checkpoint import load_checkpoint, read_checkpoint, weights_sha256
 from models.data import ArrayDataset
+from models.evaluate import evaluate
+from models.factory import alignment_options, build_model_from_config, rule_from_config
+from models.optimizers import add_update_noise, build_optimizers, split_parameters
 from models.presets import TrainConfig, load_preset, with_overrides
-from models.train import (DIVERGED_ACCURACY, add_update_noise, alignment_lr, build_optimizers, evaluate,
-                          forward_lr, split_parameters, train)
+from models.schedules import alignment_lr, forward_lr
+from models.train import DIVERGED_ACCURACY, train
 
 
 @pytest.fixture(autouse=True)
@@ -68,8 +71,6 @@ def test_alignment_schedule_syncs_drops_and_warms_up_only_without_delay():
 
 
 def _model(config):
-    from models.checkpoint import build_model_from_config, rule_from_config
-
     model = build_model_from_config(config)
     return model, rule_from_config(config)
 
@@ -187,7 +188,7 @@ def test_delay_epochs_train_only_b(tmp_path, digits):
         assert moved == name.endswith("weight_backward"), name
 
 
-def test_alignment_divergence_is_reported_with_step_and_layer(tmp_path, digits, capsys):
+def test_alignment_divergence_is_reported_with_step_and_layer(tmp_path, digits, caplog):
     # amp without decay is unbounded below; a huge plain-GD rate makes R overflow within a few steps
     config = tiny("amp=1", epochs=2, alignment={"optimizer": "sgd", "lr": 1e30})
     path = train(config, digits[0], digits[1], tmp_path, progress=False)
@@ -198,8 +199,10 @@ def test_alignment_divergence_is_reported_with_step_and_layer(tmp_path, digits, 
     assert metadata["diverged_at"]["layer"] in layer_names
     step = metadata["diverged_at"]["step"]
     assert 0 < step < 6
-    message = capsys.readouterr().err
-    assert f"step {step}" in message and metadata["diverged_at"]["layer"] in message
+    warnings = [record.getMessage() for record in caplog.records
+                if record.name == "models.train" and record.levelname == "WARNING"]
+    assert len(warnings) == 1
+    assert f"step {step}" in warnings[0] and metadata["diverged_at"]["layer"] in warnings[0]
     last = json.loads((tmp_path / "train_log.jsonl").read_text().splitlines()[-1])
     assert last["status"] == "diverged" and last["diverged_at"]["step"] == step
 
@@ -209,6 +212,105 @@ def test_task_divergence_names_the_task_loss(tmp_path, digits):
     metadata = json.loads(path.with_suffix(".json").read_text())
     assert metadata["status"] == "diverged" and metadata["diverged_at"]["layer"] is None
     assert metadata["diverged_at"]["loss"] == "task loss"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The run folder: refuse, resume, overwrite, reuse
+
+
+def folder_state(folder):
+    return {name: (folder / name).read_bytes() for name in ("checkpoint.pt", "checkpoint.json", "train_log.jsonl")
+            if (folder / name).exists()}
+
+
+def test_a_folder_holding_a_run_is_refused_and_left_alone(tmp_path, digits):
+    config = tiny("bp", epochs=1)
+    train(config, digits[0], None, tmp_path / "run", progress=False)
+    before = folder_state(tmp_path / "run")
+    assert set(before) == {"checkpoint.pt", "checkpoint.json", "train_log.jsonl"}
+    with pytest.raises(FileExistsError, match=r"run already holds a training run \(checkpoint\.pt, checkpoint\.json, "
+                                              r"train_log\.jsonl\); pass --resume to continue it or --overwrite"):
+        train(with_overrides(config, seed=1), digits[0], None, tmp_path / "run", progress=False)
+    assert folder_state(tmp_path / "run") == before
+    (tmp_path / "killed").mkdir()  # a run killed in its first epoch leaves only a log line
+    (tmp_path / "killed" / "train_log.jsonl").write_text('{"epoch": 1}\n')
+    with pytest.raises(FileExistsError, match="train_log.jsonl"):
+        train(config, digits[0], None, tmp_path / "killed", progress=False)
+    assert (tmp_path / "killed" / "train_log.jsonl").read_text() == '{"epoch": 1}\n'
+    with pytest.raises(ValueError, match="exclude each other"):
+        train(config, digits[0], None, tmp_path / "run", resume=True, overwrite=True, progress=False)
+
+
+def test_overwrite_removes_the_old_run_before_the_first_epoch(tmp_path, digits, monkeypatch):
+    import models.train as trainer
+
+    config = tiny("fa", epochs=1)
+    train(config, digits[0], None, tmp_path / "run", progress=False)
+    seen = []
+    original = trainer._train_epoch
+    monkeypatch.setattr(trainer, "_train_epoch", lambda run, *args: (seen.append(folder_state(tmp_path / "run")),
+                                                                      original(run, *args)))
+    new = with_overrides(config, seed=1, epochs=2)
+    path = train(new, digits[0], None, tmp_path / "run", overwrite=True, progress=False)
+    assert seen[0] == {}  # nothing of the old run is left when training starts
+    fresh = train(new, digits[0], None, tmp_path / "fresh", progress=False)
+    assert read_checkpoint(path)["metadata"]["sha256"] == read_checkpoint(fresh)["metadata"]["sha256"]
+    log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    assert [record["epoch"] for record in log] == [1, 2]
+
+
+def test_resume_after_a_kill_between_checkpoint_and_sidecar(tmp_path, digits, caplog):
+    config = tiny("fa", epochs=3)
+    folder = tmp_path / "run"
+    train(config, digits[0], None, folder, progress=False, stop_after_epoch=1)
+    stale = (folder / "checkpoint.json").read_text()
+    train(config, digits[0], None, folder, resume=True, progress=False, stop_after_epoch=2)
+    (folder / "checkpoint.json").write_text(stale)  # the .pt of epoch 2 was written, its sidecar was not
+    path = train(config, digits[0], None, folder, resume=True, progress=False)
+    assert any("disagrees" in record.getMessage() for record in caplog.records if record.name == "models.run_folder")
+    straight = train(config, digits[0], None, tmp_path / "straight", progress=False)
+    assert read_checkpoint(path)["metadata"]["sha256"] == read_checkpoint(straight)["metadata"]["sha256"]
+    assert load_checkpoint(path)[1]["epoch"] == 3  # the sidecar is consistent again
+
+
+def test_train_or_reuse_reuses_finished_runs_and_resumes_unfinished_ones(tmp_path, digits, monkeypatch):
+    import models.train as trainer
+
+    config = tiny("sa", epochs=1, delay_epochs=1)
+    folder = tmp_path / "run"
+    train(config, digits[0], None, folder, progress=False, stop_after_epoch=1)  # the delay epoch only
+    path = trainer.train_or_reuse(config, digits[0], None, folder)  # epoch 1 of 1 + 1: not finished
+    assert path == (folder / "checkpoint.pt").resolve()
+    assert read_checkpoint(path)["metadata"]["epoch"] == 2
+    straight = train(config, digits[0], None, tmp_path / "straight", progress=False)
+    assert read_checkpoint(path)["metadata"]["sha256"] == read_checkpoint(straight)["metadata"]["sha256"]
+    stamp = path.stat().st_mtime_ns
+    monkeypatch.setattr(trainer, "train", lambda *args, **kwargs: pytest.fail("a finished run was trained again"))
+    assert trainer.train_or_reuse(config, digits[0], None, folder) == path
+    assert path.stat().st_mtime_ns == stamp
+
+
+def test_train_or_reuse_keeps_a_diverged_run(tmp_path, digits, monkeypatch):
+    import models.train as trainer
+
+    config = tiny("bp", epochs=2, lr=1e30)
+    path = trainer.train_or_reuse(config, digits[0], None, tmp_path)
+    assert read_checkpoint(path)["metadata"]["status"] == "diverged"
+    monkeypatch.setattr(trainer, "train", lambda *args, **kwargs: pytest.fail("a diverged run was trained again"))
+    assert trainer.train_or_reuse(config, digits[0], None, tmp_path) == path
+
+
+def test_training_log_without_per_layer_metrics(tmp_path, digits):
+    from models.train_log import read_log, training_log
+
+    assert training_log(tmp_path / "checkpoint.pt") == []
+    path = train(tiny("fa", epochs=2), digits[0], digits[1], tmp_path, progress=False)
+    records = training_log(path)
+    assert [record["epoch"] for record in records] == [1, 2] and training_log(tmp_path) == records
+    full = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+    assert all(record["layers"] for record in full)
+    assert read_log(path) == read_log(tmp_path) == read_log(tmp_path / "train_log.jsonl") == full
+    assert records == [{key: value for key, value in record.items() if key != "layers"} for record in full]
 
 
 def test_evaluate_top1_top5_against_direct_computation(digits):
@@ -244,19 +346,26 @@ def test_cli_train_and_sweep_noise(tmp_path, capsys):
     clean = {line.split(",")[0] + line.split(",")[1]: float(line.split(",")[2]) for line in rows[1:]}
     assert clean["bp0.0"] > clean["bp1000.0"]  # enormous update noise destroys what was learned
 
+    capsys.readouterr()
+    assert main(["train", "--preset", "sa", "--out", str(tmp_path / "sa"), *tiny_args]) == 2
+    assert "pass --resume to continue it or --overwrite to start again" in capsys.readouterr().err
+    assert main(["train", "--preset", "sa", "--out", str(tmp_path / "sa"), "--overwrite", "--seed", "1",
+                 *tiny_args]) == 0
+    assert json.loads((tmp_path / "sa" / "checkpoint.json").read_text())["seed"] == 1
+
     assert main(["train", "--preset", "nope", "--out", str(tmp_path / "x"), *tiny_args]) == 2
-    assert "valid presets" in capsys.readouterr().err
+    assert "error: unknown preset 'nope'; valid presets" in capsys.readouterr().err  # no KeyError quotes
 
 
 def test_layer_ops_and_input_noise_reach_the_engine_options():
-    from models.train import alignment_options
-
-    config = load_preset("ia_tpe")
+    config = with_overrides(load_preset("ia_tpe"), alignment={"batch_fraction": 0.5})
     options = alignment_options(config)
     assert options.input_noise == config.alignment.input_noise and options.noise_mode == "replace"
     for key, value in config.layer_ops.model_dump().items():
         assert getattr(options, key) == value, key
     assert options.bo_fwmc and options.bo_fwl2n and not options.bi_bwmc  # Table 5, R_IA^TPE column
+    assert options.batch_fraction == 0.5
+    assert type(config.layer_ops) is models.LayerOps and isinstance(options, models.LayerOps)  # one schema
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -1,16 +1,37 @@
 """Small datasets written in each on-disk schema, for the neural_data tests."""
 from __future__ import annotations
 
+import os
 import zipfile
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pandas as pd
+import pytest
 import xarray as xr
 from PIL import Image
 
 CATEGORIES = ("Animals", "Cars", "Faces")
+SHARED_DATA_ENV = "NEURALIGN_SHARED_DATA"
+
+
+def shared_data_dir() -> Path:
+    """The real-data folder: $NEURALIGN_SHARED_DATA, else `shared/data` in the repository's parent folder."""
+    configured = os.environ.get(SHARED_DATA_ENV)
+    if configured:
+        return Path(configured).expanduser()
+    repository = Path(__file__).resolve().parents[2]
+    return repository.parent / "shared" / "data"
+
+
+def require_real_file(relative: str) -> Path:
+    """A file of the real-data folder; skips the calling test, saying where it looked, when it is absent."""
+    path = shared_data_dir() / relative
+    if not path.exists():
+        pytest.skip(f"optional real data not found: {path} (set {SHARED_DATA_ENV} to the folder that holds "
+                    f"{relative})")
+    return path
 
 
 def stimulus_table(per_category: int = 4, variations=(0, 3, 6)) -> pd.DataFrame:
@@ -57,7 +78,7 @@ def trial_responses(n_sites: int, n_stimuli: int, reps: int, seed: int = 0) -> n
 
 
 def write_folder_dataset(root: Path, per_category: int = 4, reps: int = 3, images: str = "folder",
-                         responses: str = "npy", manifest_extra: str = "") -> Path:
+                         responses: str = "npy", manifest_extra: str = "", stratify_by: str = "category_name") -> Path:
     """A folder-format dataset; returns its path. images: 'folder' | 'zip'; responses: 'npy' | 'h5' | 'nc'."""
     root.mkdir(parents=True, exist_ok=True)
     table = stimulus_table(per_category).rename(columns={"image_id": "stimulus_id"})
@@ -78,7 +99,7 @@ def write_folder_dataset(root: Path, per_category: int = 4, reps: int = 3, image
     else:
         write_brainio_netcdf(root / "responses.nc", array, table.rename(columns={"stimulus_id": "image_id"}), sites)
     (root / "dataset.toml").write_text(
-        'name = "tiny"\ncitation = "test"\nstratify_by = "category_name"\nregions = ["V4", "IT"]\n'
+        f'name = "tiny"\ncitation = "test"\nstratify_by = "{stratify_by}"\nregions = ["V4", "IT"]\n'
         'time_window_ms = [70, 170]\n' + manifest_extra)
     return root
 

@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 
 import neural_data
-from neural_data import DatasetError, DatasetValidationError, UnknownDatasetError, registry
-from neural_data.loaders import check_folder, load_folder
+from neural_data import DatasetError, DatasetValidationError, UnknownDatasetError, check_folder, registry
+from neural_data.loaders import load_folder
 from nd_fixtures import site_table, trial_responses, write_folder_dataset
 
 
@@ -49,22 +49,25 @@ def test_npy_repeats_that_are_all_nan_are_dropped(tmp_path):
 
 def test_check_reports_problems_of_a_broken_folder(tmp_path):
     root = write_folder_dataset(tmp_path / "d")
-    assert check_folder(root) == []
+    clean = check_folder(root)
+    assert clean.ok and clean.problems == [] and clean.warnings == [] and clean.dataset.name == "tiny"
     (root / "images" / "img1002.png").unlink()
     neuroids = pd.read_csv(root / "neuroids.csv")
     neuroids.loc[1, "neuroid_id"] = neuroids.loc[0, "neuroid_id"]
     neuroids.to_csv(root / "neuroids.csv", index=False)
-    problems = check_folder(root)
-    assert len(problems) == 2
-    assert any("img1002" in p for p in problems) and any("duplicate neuroid_id" in p for p in problems)
+    broken = check_folder(root)
+    assert not broken.ok and broken.dataset is None and len(broken.problems) == 2
+    assert any("img1002" in p for p in broken.problems)
+    assert any("duplicate neuroid_id values: 1 site id: Chabo_L_P_0_0" in p for p in broken.problems)
     with pytest.raises(DatasetValidationError, match=str(root)):
         load_folder(root)
 
 
 @pytest.mark.parametrize("edit, message", [
     (lambda root: (root / "neuroids.csv").write_text("neuroid_id\na\n"), "neuroids.csv: missing column 'region'"),
-    (lambda root: (root / "dataset.toml").write_text('name = "x"\nregoins = ["IT"]\n'), "unknown key(s) ['regoins']"),
-    (lambda root: (root / "dataset.toml").write_text('citation = "x"\n'), "missing key 'name'"),
+    (lambda root: (root / "dataset.toml").write_text('name = "x"\nregoins = ["IT"]\n'),
+     "dataset.toml: unknown key 'regoins' (did you mean 'regions'?)"),
+    (lambda root: (root / "dataset.toml").write_text('citation = "x"\n'), "dataset.toml: missing key 'name'"),
     (lambda root: np.save(root / "responses.npy", np.zeros((7, 5))), "has 12 rows"),
     (lambda root: np.save(root / "responses.npy", np.zeros(7)), "expected (neuroid, stimulus)"),
 ])

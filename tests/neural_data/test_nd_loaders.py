@@ -11,9 +11,8 @@ import neural_data
 from neural_data import DataNotAvailableError, DatasetError
 from neural_data.loaders import assembly_from_brainio, load_brainio, load_dicarlo_hdf5
 from neural_data.majajhong import excluded_sites
-from nd_fixtures import site_table, stimulus_table, trial_responses, write_brainio_netcdf, write_lab_hdf5, write_zip
-
-REAL = Path("/work/shared/data/majajhong2015_subset")
+from nd_fixtures import (require_real_file, site_table, stimulus_table, trial_responses, write_brainio_netcdf,
+                         write_lab_hdf5, write_zip)
 
 
 def write_brainio_release(folder: Path, per_category: int = 12, reps: int = 3, split: bool = True):
@@ -100,9 +99,10 @@ def test_majajhong_paper_selection_from_public_and_private(tmp_path):
 def test_majajhong_public_private_and_env_var(tmp_path, monkeypatch):
     table, _, _ = write_brainio_release(tmp_path / "mh")
     monkeypatch.setenv("NEURALIGN_MAJAJHONG2015", str(tmp_path / "mh"))
-    with pytest.warns(UserWarning, match="168 IT"):
-        public = neural_data.load("MajajHong2015.public")
-        private = neural_data.load("MajajHong2015.private")
+    with pytest.warns(UserWarning, match="168 IT"):  # the fixture has 2 images per object, the paper 80
+        public = neural_data.load("MajajHong2015.public", min_per_category=2)
+        private = neural_data.load("MajajHong2015.private", min_per_category=2)
+    assert public.stratify_by == "object_name"  # the paper's split is within each of the 64 objects
     assert set(public.stimuli.table["variation"]) == {0, 3}
     assert set(private.stimuli.table["variation"]) == {6}
     assert len(public.stimuli) + len(private.stimuli) == len(table)
@@ -173,38 +173,45 @@ def test_lab_hdf5_missing_field_is_named(tmp_path):
         load_dicarlo_hdf5(tmp_path / "v.hdf5")
 
 
-@pytest.mark.skipif(not REAL.is_dir(), reason="real MajajHong2015 excerpt not present")
-def test_real_brainio_excerpt():
-    dataset = neural_data.load(str(REAL / "test_data.nc"))
+@pytest.fixture()
+def excerpt() -> Path:
+    """The folder of the real MajajHong2015 excerpt (test_data.nc and its 25 images)."""
+    require_real_file("majajhong2015_subset/images_brainio_collection/test_images.csv")
+    return require_real_file("majajhong2015_subset/test_data.nc").parent
+
+
+def test_real_brainio_excerpt(excerpt):
+    dataset = neural_data.load(str(excerpt / "test_data.nc"))
     assembly = dataset.assembly
     assert assembly.dims == ("presentation", "neuroid") and assembly.shape == (700, 296)
     assert dataset.sites_per_region() == {"IT": 168, "V4": 128}
     assert dataset.n_repetitions == {"min": 28, "median": 28, "max": 28}
     assert len(dataset.stimuli) == 25 and dataset.stimuli.missing_images() == []
-    raw = xr.open_dataarray(REAL / "test_data.nc").load()
+    raw = xr.open_dataarray(excerpt / "test_data.nc").load()
     means = raw.isel(time_bin=0).groupby("image_id").mean("presentation")
     averaged = dataset.averaged()
     np.testing.assert_allclose(averaged.values, means.sel(image_id=averaged["stimulus_id"].values).T.values,
                                rtol=1e-5, atol=1e-6)  # xarray sums in float32
-    csv = pd.read_csv(REAL / "images_brainio_collection" / "test_images.csv").set_index("image_id")
+    csv = pd.read_csv(excerpt / "images_brainio_collection" / "test_images.csv").set_index("image_id")
     assert list(averaged["object_name"].values) == list(csv.loc[averaged["stimulus_id"].values, "object_name"])
     assert dataset.stimuli.open(dataset.stimuli.stimulus_ids[0]).size == (256, 256)
+    assert dataset.stimuli.unreadable_images() == {}  # every real PNG decodes
+    assert neural_data.site_problems(averaged) == {"constant": [], "partly_nan": []}
     tito_p = [n for n in assembly["neuroid_id"].values if n.startswith("Tito_L_P")]
     assert set(excluded_sites()) <= set(tito_p)  # the exclusion list names real sites
 
 
-@pytest.mark.skipif(not (REAL / "test_data.nc").is_file() or not (REAL.parent / "hvm_meta.csv").is_file(),
-                    reason="real MajajHong2015 excerpt or HvM metadata not present")
-def test_real_excerpt_through_the_majajhong_selection():
+def test_real_excerpt_through_the_majajhong_selection(excerpt):
     """The excerpt is all variation 0 (public); the HvM table supplies the variations. Brain-Score's
     exclusion list leaves exactly 88 of the 128 V4 sites."""
-    dataset = neural_data.load("MajajHong2015.public", data_root=REAL / "test_data.nc",
-                               stimuli=REAL.parent / "hvm_meta.csv", id_column="id",
-                               images=REAL / "images_brainio_collection", min_per_category=1)
+    hvm_meta = require_real_file("hvm_meta.csv")
+    dataset = neural_data.load("MajajHong2015.public", data_root=excerpt / "test_data.nc",
+                               stimuli=hvm_meta, id_column="id",
+                               images=excerpt / "images_brainio_collection", min_per_category=1)
     assert dataset.sites_per_region() == {"IT": 168, "V4": 88}
     assert len(dataset.stimuli) == 25 and set(dataset.stimuli.table["variation"]) == {0}
     assert dataset.stimuli.missing_images() == []
     with pytest.raises(DatasetError, match=r"no presentation with variation in \[6\]"):
-        neural_data.load("MajajHong2015.private", data_root=REAL / "test_data.nc",
-                         stimuli=REAL.parent / "hvm_meta.csv", id_column="id",
-                         images=REAL / "images_brainio_collection")
+        neural_data.load("MajajHong2015.private", data_root=excerpt / "test_data.nc",
+                         stimuli=hvm_meta, id_column="id",
+                         images=excerpt / "images_brainio_collection")

@@ -1,5 +1,4 @@
 """The common schema: averaging, stimulus sets, and one validation test per kind of problem."""
-import io
 import zipfile
 
 import numpy as np

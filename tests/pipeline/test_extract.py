@@ -12,9 +12,11 @@ from torch import nn
 from torchvision.models import resnet18
 
 from pipeline import extract as extract_module
-from pipeline.extract import LayerRecorder, UnknownLayerError, extract, resolve_layers
+from pipeline.extract import extract
+from pipeline.gram import gram
+from pipeline.layers import LayerRecorder, UnknownLayerError, resolve_layers
 from pipeline.preprocess import Preprocessing, preprocess_images
-from pipeline.store import ActivationStore, blockwise_gram
+from pipeline.store import ActivationStore
 
 SIZE = 16  # network input side for every extraction here
 
@@ -224,13 +226,13 @@ def test_gram_is_x_xt_in_float64(stimuli, tmp_path):
     for layer in ["relu", "layer3.0", "fc"]:
         x = store.features(layer)[()].astype(np.float64)
         reference = x @ x.T
-        gram = store.gram(layer, device="cpu")
-        assert gram.dtype == np.float64 and gram.shape == (10, 10)
-        assert np.linalg.norm(gram - reference) <= 1e-10 * np.linalg.norm(reference)
+        stored = store.gram(layer, device="cpu")
+        assert stored.dtype == np.float64 and stored.shape == (10, 10)
+        assert np.linalg.norm(stored - reference) <= 1e-10 * np.linalg.norm(reference)
     # Many narrow panels (a few columns each) must add up to the same matrix.
     dataset = store.features("relu")
     x = dataset[()].astype(np.float64)
-    panels = blockwise_gram(dataset, device="cpu", panel_bytes=10 * 4 * 3)
+    panels = gram(dataset, device="cpu", panel_bytes=10 * 4 * 3)
     assert np.linalg.norm(panels - x @ x.T) <= 1e-10 * np.linalg.norm(x @ x.T)
 
 
@@ -242,7 +244,7 @@ def test_gram_is_cached_and_subset_by_rows(stimuli, tmp_path, monkeypatch):
     def no_recompute(*args, **kwargs):
         raise AssertionError("the cached Gram matrix should have been read")
 
-    monkeypatch.setattr("pipeline.store.blockwise_gram", no_recompute)
+    monkeypatch.setattr("pipeline.store.gram_of", no_recompute)
     assert np.array_equal(store.gram("layer4.1"), full)
     ids = ["img007", "img002"]
     assert np.array_equal(store.gram("layer4.1", rows=ids), full[np.ix_([7, 2], [7, 2])])

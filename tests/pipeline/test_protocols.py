@@ -5,7 +5,13 @@ import pytest
 from scipy.stats import pearsonr
 from sklearn.model_selection import StratifiedShuffleSplit
 
-from pipeline.protocols import PROTOCOLS, get_protocol, pearson_per_site, summarize
+from pipeline.protocols import (
+    PROTOCOLS,
+    get_protocol,
+    pearson_per_site,
+    row_order,
+    summarize,
+)
 
 
 def _metadata(n_categories=4, per_category=20, objects_per_category=2):
@@ -79,6 +85,43 @@ def test_nan_sites_are_counted_and_excluded():
     assert out["median_r"] == pytest.approx(np.median(np.linspace(0.1, 0.9, 6)[1:]))
 
 
+def test_brainscore_drops_a_nan_site_from_that_split_only():
+    rng = np.random.default_rng(3)
+    r = rng.uniform(0.2, 0.8, size=(10, 7))
+    r[4, 2] = np.nan
+    r[7, 5] = np.nan
+    out = summarize(r, PROTOCOLS["brainscore"])
+    per_split = np.array([np.median(row[np.isfinite(row)]) for row in r])
+    np.testing.assert_allclose(out["split_median"], per_split, rtol=0, atol=1e-15)
+    assert out["median_r"] == pytest.approx(per_split.mean(), abs=1e-15)
+    assert out["sem"] == pytest.approx(per_split.std(ddof=0) / np.sqrt(10), abs=1e-15)
+    assert (out["n_sites"], out["n_nan_sites"]) == (7, 2)
+    dropped_everywhere = np.median(np.delete(r, [2, 5], axis=1), axis=1).mean()
+    assert abs(out["median_r"] - dropped_everywhere) > 1e-4
+
+
+def test_brainscore_split_with_no_finite_site_is_skipped_but_counted_in_the_error():
+    r = np.tile(np.linspace(0.1, 0.9, 5), (4, 1))
+    r[:, 4] += np.array([0.0, 0.05, 0.1, 0.0])
+    r[1] = np.nan
+    out = summarize(r, PROTOCOLS["brainscore"])
+    medians = np.median(r[[0, 2, 3]], axis=1)
+    assert np.isnan(out["split_median"][1])
+    assert out["median_r"] == pytest.approx(medians.mean())
+    assert out["sem"] == pytest.approx(medians.std(ddof=0) / np.sqrt(4))
+
+
+def test_row_order_and_ceiling_are_part_of_each_protocol():
+    ids = ["c", "a", "b", "a0"]
+    np.testing.assert_array_equal(row_order(ids, PROTOCOLS["brainscore"]), [1, 3, 2, 0])
+    np.testing.assert_array_equal(row_order(ids, PROTOCOLS["paper"]), [0, 1, 2, 3])
+    paper, bs = PROTOCOLS["paper"], PROTOCOLS["brainscore"]
+    assert (paper.row_order, paper.ceiling, paper.ceiling_formula) == ("stimulus_table", "split_half", "r/c")
+    assert (bs.row_order, bs.ceiling, bs.ceiling_formula) == ("stimulus_id", "internal_consistency", "r^2/c")
+    assert bs.attrs()["protocol_ceiling"] == "internal_consistency"
+    assert get_protocol("paper", ceiling_formula="r^2/c").ceiling_formula == "r^2/c"
+
+
 def test_bad_protocol_inputs_raise():
     with pytest.raises(ValueError, match="unknown protocol 'nope'.*brainscore"):
         get_protocol("nope")
@@ -88,3 +131,9 @@ def test_bad_protocol_inputs_raise():
         get_protocol("paper").splits(_metadata(n_categories=2, per_category=2))
     with pytest.raises(ValueError, match="at least 2"):
         get_protocol("paper").splits(pd.DataFrame({"category_name": ["a"] * 10 + ["b"]}))
+    with pytest.raises(ValueError, match="unknown ceiling 'noise'.*internal_consistency"):
+        get_protocol("brainscore", ceiling="noise")
+    with pytest.raises(ValueError, match="unknown ceiling_formula 'r/sqrt.c.'"):
+        get_protocol("brainscore", ceiling_formula="r/sqrt(c)")
+    with pytest.raises(ValueError, match="unknown row_order 'random'"):
+        get_protocol("paper", row_order="random")

@@ -2,11 +2,13 @@
 import base64
 import csv
 import json
+import re
 
 import numpy as np
 import pytest
 import xarray as xr
 
+from pipeline import summary
 from pipeline.report import compare, merge_scores, write_report
 from pipeline.score import fit_scores
 
@@ -56,7 +58,7 @@ def test_report_files_and_summary_rows(tmp_path, two_checkpoints):
     for name in ("scores.nc", "summary.csv", "summary.json", "best_layers.csv", "report.md", "report.html",
                  "layers.png", "bars.png", "checkpoints.json"):
         assert (tmp_path / "rep" / name).is_file(), name
-    rows = list(csv.DictReader(open(paths["summary_csv"])))
+    rows = _csv_dicts(paths["summary_csv"])
     assert len(rows) == 2 * 2 * 3  # checkpoints x regions x layers
     first = rows[0]
     for column in ("checkpoint", "rule", "arch", "dataset", "protocol", "top1", "top5", "region", "layer",
@@ -72,7 +74,7 @@ def test_report_files_and_summary_rows(tmp_path, two_checkpoints):
     assert float(fc["ceiled"]) == pytest.approx(expected / float(fc["ceiling"]), abs=2e-6)
     summary = json.loads(paths["summary_json"].read_text())
     assert summary[2]["median_r"] == pytest.approx(expected, abs=1e-6)
-    best = list(csv.DictReader(open(paths["best_layers"])))
+    best = _csv_dicts(paths["best_layers"])
     assert {(b["checkpoint"], b["region"]) for b in best} == {(c, r) for c in ("bp_ckpt", "random_init")
                                                               for r in ("IT", "V4")}
 
@@ -104,7 +106,8 @@ def test_scores_roundtrip_and_compare_merges_runs(tmp_path, two_checkpoints):
     assert loaded.attrs["protocol_n_splits"] == 2
     paths = compare([tmp_path / "run1", tmp_path / "run2"], tmp_path / "merged")
     direct = write_report(list(two_checkpoints), META, tmp_path / "direct")
-    concatenated = write_report(xr.concat(list(two_checkpoints), dim="checkpoint"), META, tmp_path / "concat")
+    stacked = xr.concat(list(two_checkpoints), dim="checkpoint", data_vars="all")  # ceilings stacked too
+    concatenated = write_report(stacked, META, tmp_path / "concat")
     for other in (paths, concatenated):
         assert other["summary_csv"].read_bytes() == direct["summary_csv"].read_bytes()
         assert other["best_layers"].read_bytes() == direct["best_layers"].read_bytes()
@@ -127,12 +130,12 @@ def test_nan_sites_are_stated(tmp_path):
     paths = write_report(ds, None, tmp_path / "rep")
     md = paths["markdown"].read_text()
     assert "n_nan_sites" in md and "at most 1 sites" in md
-    row = next(csv.DictReader(open(paths["summary_csv"])))
+    row = _csv_dicts(paths["summary_csv"])[0]
     assert "ceiling" in row and row["ceiling"] == "nan"
 
 
 def test_compare_rejects_mixed_protocols_and_missing_runs(tmp_path, two_checkpoints):
-    hidden, averaged, trials, ids = _assembly()
+    hidden, averaged, _, ids = _assembly()
     other = fit_scores({"fc": hidden}, averaged, protocol="paper", n_splits=3, stimulus_ids=ids, n_components=4,
                        checkpoint="other", dataset="toy-1234")
     write_report(two_checkpoints[0], META[:1], tmp_path / "run1")
@@ -143,3 +146,98 @@ def test_compare_rejects_mixed_protocols_and_missing_runs(tmp_path, two_checkpoi
         compare([tmp_path / "nowhere"], tmp_path / "merged")
     with pytest.raises(ValueError, match="appears in"):
         compare([tmp_path / "run1", tmp_path / "run1"], tmp_path / "merged")
+
+
+def _csv_rows(path):
+    with open(path, newline="") as handle:
+        return list(csv.reader(handle))
+
+
+def _csv_dicts(path):
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_csv_and_json_formats_are_fixed(tmp_path, two_checkpoints):
+    meta = [{**META[0], "top5": float("nan")}, {k: v for k, v in META[1].items() if k not in ("top5", "arch")}]
+    paths = write_report(list(two_checkpoints), meta, tmp_path / "rep")
+    header, *rows = _csv_rows(paths["summary_csv"])
+    assert header == summary.SUMMARY_COLUMNS
+    assert _csv_rows(paths["best_layers"])[0] == summary.BEST_COLUMNS
+    col = {name: i for i, name in enumerate(header)}
+    six_decimals = re.compile(r"^(-?\d+\.\d{6}|nan)$")
+    for row in rows:
+        for name in ("median_r", "sem", "ceiling", "ceiled", "top1"):
+            assert six_decimals.match(row[col[name]]), (name, row[col[name]])
+        assert row[col["n_sites"]].isdigit() and row[col["layer_depth"]].isdigit()
+    keys = [(r[col["checkpoint"]], r[col["region"]], int(r[col["layer_depth"]])) for r in rows]
+    assert keys == sorted(keys) and [k[2] for k in keys[:3]] == [0, 1, 2]
+    bp, rnd = rows[0], rows[-1]
+    assert bp[col["top5"]] == "nan" and rnd[col["top5"]] == "" and rnd[col["arch"]] == ""  # NaN given vs missing
+    records = json.loads(paths["summary_json"].read_text())
+    assert [r["layer"] for r in records] == [r[col["layer"]] for r in rows]
+    assert records[0]["top5"] is None and records[-1]["top5"] is None and records[-1]["arch"] == ""
+    assert records[0]["n_sites"] == int(bp[col["n_sites"]]) and records[0]["median_r"] == float(bp[col["median_r"]])
+    assert "NaN" not in paths["summary_json"].read_text()
+
+
+def test_missing_layers_and_regions_without_a_best_layer_are_empty(tmp_path, two_checkpoints):
+    dead = two_checkpoints[1].copy(deep=True)  # no defined r in V4: no best layer there
+    for name in ("median_r", "best_median_r", "best_sem", "best_ceiled"):
+        dead[name].loc[{"region": "V4"}] = np.nan
+    dead["best_layer"].loc[{"region": "V4"}] = ""
+    other = dead.isel(layer=[0, 2]).assign_coords(layer=["stem", "fc"])
+    paths = write_report([two_checkpoints[0], other], META, tmp_path / "rep")
+    header, *rows = _csv_rows(paths["summary_csv"])
+    col = {name: i for i, name in enumerate(header)}
+    gap = next(r for r in rows if r[col["checkpoint"]] == "random_init" and r[col["layer"]] == "layer1")
+    assert (gap[col["median_r"]], gap[col["n_sites"]], gap[col["n_nan_sites"]]) == ("nan", "", "")
+    record = json.loads(paths["summary_json"].read_text())[rows.index(gap)]
+    assert record["median_r"] is None and record["n_sites"] == "" and record["layer"] == "layer1"
+    best = _csv_dicts(paths["best_layers"])
+    v4 = next(b for b in best if b["checkpoint"] == "random_init" and b["region"] == "V4")
+    assert (v4["best_layer"], v4["median_r"], v4["n_sites"]) == ("", "nan", "")
+    assert v4["ceiling"] == f"{float(two_checkpoints[1]['ceiling'].sel(region='V4')):.6f}"
+
+
+def test_html_escapes_names_and_keeps_markdown_literal(tmp_path, two_checkpoints):
+    odd = two_checkpoints[0].assign_coords(checkpoint=["a<b>&c"])
+    paths = write_report([odd, two_checkpoints[1]], [{**META[0], "name": "a<b>&c"}, META[1]], tmp_path / "rep",
+                         title="Rules <&> 'compared' \"here\"")
+    page = paths["html"].read_text()
+    assert "a&lt;b&gt;&amp;c" in page and "a<b>" not in page
+    assert "<title>Rules &lt;&amp;&gt; &#x27;compared&#x27; &quot;here&quot;</title>" in page
+    assert "<p>Protocol <code>paper</code>: splitter=within_group," in page
+    md = paths["markdown"].read_text()
+    assert md.startswith("# Rules <&> 'compared' \"here\"\n\n## Method\n\n") and "| a<b>&c | bp |" in md
+    assert _csv_dicts(paths["summary_csv"])[0]["checkpoint"] == "a<b>&c"
+
+
+def test_documents_layout(tmp_path, two_checkpoints):
+    paths = write_report(list(two_checkpoints), META, tmp_path / "rep")
+    ceiling = [f"{float(c):.3f}" for c in two_checkpoints[0]["ceiling"].values]  # regions IT, V4
+    md = paths["markdown"].read_text()
+    assert (f"\n\n## Noise ceiling\n\n| region | noise ceiling (median over sites) |\n|---|---|\n"
+            f"| IT | {ceiling[0]} |\n| V4 | {ceiling[1]} |\n\n## Files\n\n`scores.nc` (all") in md
+    assert md.endswith("`best_layers.csv`.\n") and "\n\n\n" not in md and "![bars](bars.png)\n" in md
+    page = paths["html"].read_text()
+    assert (f"\">\n<h2>Noise ceiling</h2>\n<table><tr><th>region</th><th>noise ceiling (median over sites)</th>"
+            f"</tr>\n<tr><td>IT</td><td>{ceiling[0]}</td></tr>\n<tr><td>V4</td><td>{ceiling[1]}</td></tr>\n"
+            "</table>\n<h2>Files</h2>\n<p><code>scores.nc</code>") in page
+    assert page.startswith("<!DOCTYPE html>\n<html><head>") and page.endswith("</p>\n</body></html>\n")
+    assert sorted(p.name for p in (tmp_path / "rep").iterdir()) == sorted(  # no temporary files left
+        ["scores.nc", "checkpoints.json", "summary.csv", "summary.json", "best_layers.csv", "layers.png",
+         "bars.png", "report.md", "report.html"])
+
+
+def test_a_column_is_one_entry(tmp_path, monkeypatch, two_checkpoints):
+    monkeypatch.setattr(summary, "COLUMNS", summary.COLUMNS + (
+        summary.Column("n_stimuli", "int", attr="n_stimuli"),  # a Dataset attribute, in both tables
+        summary.Column("best_median_r", "float", tables=(summary.SUMMARY,))))  # (checkpoint, region), broadcast
+    paths = write_report(list(two_checkpoints), META, tmp_path / "rep")
+    rows = _csv_dicts(paths["summary_csv"])
+    expected = float(two_checkpoints[0]["best_median_r"].sel(checkpoint="bp_ckpt", region="IT"))
+    assert list(rows[0])[-2:] == ["n_stimuli", "best_median_r"]
+    assert {r["best_median_r"] for r in rows[:3]} == {f"{expected:.6f}"} and rows[0]["n_stimuli"] == "96"
+    best = _csv_dicts(paths["best_layers"])
+    assert list(best[0])[-1] == "n_stimuli" and best[0]["n_stimuli"] == "96"

@@ -1,4 +1,5 @@
-"""fit_scores: planted ground truth, independent sklearn/scipy reference, determinism, bad input."""
+"""The metric (plan_fits, fit, score_predictions) and fit_scores: planted ground truth, independent
+sklearn/scipy references, determinism, bad input."""
 import json
 import warnings
 
@@ -10,7 +11,8 @@ from scipy.stats import pearsonr
 from sklearn.cross_decomposition import PLSRegression
 from threadpoolctl import threadpool_limits
 
-from pipeline.score import fit_one, fit_scores
+from pipeline.metric import fit, plan_fits, score_predictions
+from pipeline.score import fit_scores
 
 
 # ----------------------------------------------------------------------------- small planted data
@@ -53,49 +55,86 @@ def test_matches_direct_sklearn_and_scipy_computation():
     assert float(res["median_r"].sel(checkpoint="model", layer="layer", region="IT")) == pytest.approx(np.median(site))
 
 
-def test_arrays_and_gram_providers_agree_and_map_fn_is_used():
+def test_arrays_torch_and_dask_features_agree():
+    import dask.array as da
+    import torch
+
     hidden, assembly, ids = _planted()
-
-    class Provider:
-        def __init__(self, X):
-            self.X = X
-
-        def gram(self):
-            return self.X @ self.X.T
-
-    calls = []
-
-    def recording_map(fn, jobs):
-        calls.extend(jobs)
-        return [fn(job) for job in jobs]
-
     a = fit_scores({"h": hidden}, assembly, n_splits=3, stimulus_ids=ids, n_components=5)
-    b = fit_scores({"h": Provider(hidden)}, assembly, n_splits=3, stimulus_ids=ids, n_components=5,
-                   map_fn=recording_map)
+    b = fit_scores({"h": torch.from_numpy(hidden)}, assembly, n_splits=3, stimulus_ids=ids, n_components=5)
+    c = fit_scores({"h": da.from_array(hidden, chunks=(40, 3))}, assembly, n_splits=3, stimulus_ids=ids,
+                   n_components=5)
     np.testing.assert_allclose(a["r"].values, b["r"].values, atol=1e-10)
-    assert sorted(calls) == sorted((region, s) for region in ("IT", "V4") for s in range(3))
+    np.testing.assert_allclose(a["r"].values, c["r"].values, atol=1e-10)
 
 
-def test_precomputed_fits_score_like_fits_made_here_and_wrong_ones_are_refused():
-    hidden, assembly, ids = _planted()
-    direct = fit_scores({"h": hidden}, assembly, n_splits=3, stimulus_ids=ids, n_components=5)
+def test_three_steps_fanned_out_equal_one_call_and_direct_fits():
+    """Fits made per (layer, region, batch of splits), in any order, score like fit_scores; each fit is
+    fit_predict_gram on the plan's rows and splits, independently recomputed here."""
+    from pipeline.pls import fit_predict_gram
     from pipeline.protocols import get_protocol
 
+    hidden, assembly, ids = _planted()
+    noise = np.random.default_rng(5).normal(size=(len(ids), 7))
+    direct = fit_scores({"h": hidden, "noise": noise}, assembly, n_splits=4, stimulus_ids=ids, n_components=5)
+    plan = plan_fits(assembly, "paper", n_splits=4, n_components=5)
+    assert plan.stimulus_ids == ids and plan.regions == ["IT", "V4"]
+    predictions = {"h": {}, "noise": {}}
+    for batch in ([3, 1], [0], [2]):
+        for region in reversed(plan.regions):
+            for layer, X in (("noise", noise), ("h", hidden)):
+                predictions[layer].update(fit(plan, region, gram=X @ X.T, splits=batch))
+    fanned = score_predictions(plan, predictions)
+    xr.testing.assert_allclose(fanned, direct, atol=1e-12)
     metadata = pd.DataFrame({"category_name": assembly["category_name"].values})
-    splits = get_protocol("paper", n_splits=3).splits(metadata)
-    gram, Y = hidden @ hidden.T, assembly.values
-    regions = assembly["region"].values
-    fits = {("h", region, s): fit_one(gram, Y[:, regions == region], *splits[s], n_components=5)
-            for region in ("IT", "V4") for s in range(3)}
-    given = fit_scores({"h": hidden}, assembly, n_splits=3, stimulus_ids=ids, n_components=5, fits=fits)
-    np.testing.assert_allclose(given["r"].values, direct["r"].values, atol=1e-10)
+    train, test = get_protocol("paper", n_splits=4).splits(metadata)[2]
+    sites = assembly["region"].values == "V4"
+    expected = fit_predict_gram(hidden @ hidden.T, assembly.values[:, sites], train, test, 5)
+    np.testing.assert_allclose(predictions["h"][("V4", 2)], expected, atol=1e-12)
 
-    with pytest.raises(LookupError, match="no fit for layer 'h', region 'V4', split 2"):
-        fit_scores({"h": hidden}, assembly, n_splits=3, stimulus_ids=ids, n_components=5,
-                   fits={key: value for key, value in fits.items() if key != ("h", "V4", 2)})
-    shifted = {key: value + 1.0 for key, value in fits.items()}
-    with pytest.raises(RuntimeError, match="differs from the pipeline's own fit"):
-        fit_scores({"h": hidden}, assembly, n_splits=3, stimulus_ids=ids, n_components=5, fits=shifted)
+
+def test_missing_or_misshapen_predictions_are_refused():
+    hidden, assembly, ids = _planted()
+    plan = plan_fits(assembly, "paper", n_splits=2, n_components=5)
+    fits = {}
+    for region in plan.regions:
+        fits.update(fit(plan, region, features=hidden))
+    with pytest.raises(LookupError, match="no fit for layer 'h', region 'V4', split 1"):
+        score_predictions(plan, {"h": {k: v for k, v in fits.items() if k != ("V4", 1)}})
+    with pytest.raises(ValueError, match="shape"):
+        score_predictions(plan, {"h": {**fits, ("IT", 0): fits[("IT", 0)][:, :2]}})
+    with pytest.raises(ValueError, match=r"\(96, 96\)"):
+        fit(plan, "IT", gram=np.eye(10))
+    with pytest.raises(ValueError, match="split indices"):
+        fit(plan, "IT", features=hidden, splits=[2])
+
+
+def test_partly_missing_sites_are_excluded_and_listed():
+    hidden, assembly, ids = _planted()
+    holes = assembly.copy()
+    holes.values[3, 2] = np.nan
+    res = fit_scores({"h": hidden}, holes, n_splits=2, stimulus_ids=ids, n_components=5)
+    clean = fit_scores({"h": hidden}, assembly.isel(neuroid=[j for j in range(12) if j != 2]), n_splits=2,
+                       stimulus_ids=ids, n_components=5)
+    assert "site2" not in res["neuroid_id"].values.astype(str)
+    assert json.loads(res.attrs["excluded_sites"]) == {"site2": "no response to 1 of 96 stimuli"}
+    np.testing.assert_allclose(res["r"].values, clean["r"].values, atol=1e-12)
+
+
+def test_sklearn_default_regression_equals_sklearn_as_called_by_brainscore():
+    from pipeline.protocols import get_protocol
+
+    hidden, assembly, ids = _planted()
+    features = np.hstack([hidden, np.random.default_rng(1).normal(size=(len(ids), 30))])
+    plan = plan_fits(assembly, "paper", n_splits=2, n_components=5, regression="pls-sklearn-default")
+    got = fit(plan, "IT", features=features, splits=[1])[("IT", 1)]
+    metadata = pd.DataFrame({"category_name": assembly["category_name"].values})
+    train, test = get_protocol("paper", n_splits=2).splits(metadata)[1]
+    it = assembly.values[:, assembly["region"].values == "IT"]
+    expected = PLSRegression(5, scale=False).fit(features[train], it[train]).predict(features[test])
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="feature space"):
+        fit(plan, "IT", gram=features @ features.T)
 
 
 def test_store_like_input_and_reordered_stimuli():
@@ -106,9 +145,9 @@ def test_store_like_input_and_reordered_stimuli():
         layers = ["h"]
         stimulus_ids = [ids[i] for i in order]
 
-        def gram(self, layer, device=None):
+        def gram(self, layer, rows=None, device=None):
             X = hidden[order]
-            return X @ X.T
+            return (X @ X.T)[np.ix_(rows, rows)]
 
     a = fit_scores({"h": hidden}, assembly, n_splits=2, stimulus_ids=ids, n_components=5)
     b = fit_scores(Store(), assembly, n_splits=2, n_components=5)
@@ -170,8 +209,8 @@ def test_bad_inputs_raise_clear_errors():
     with pytest.raises(ValueError, match="stimulus_ids"):
         fit_scores({"h": hidden}, assembly, n_components=5)
     nan = assembly.copy()
-    nan.values[3, 2] = np.nan
-    with pytest.raises(ValueError, match="site2"):
+    nan.values[:, 2] = np.nan
+    with pytest.raises(ValueError, match="1 site .site2. have no response"):
         fit_scores({"h": hidden}, nan, stimulus_ids=ids, n_components=5)
     few_ids = ids[:8]
     with pytest.raises(ValueError, match="test images|training images"):
@@ -179,9 +218,7 @@ def test_bad_inputs_raise_clear_errors():
                    n_components=2)
     with pytest.raises(ValueError, match="training images"):
         fit_scores({"h": hidden}, assembly, stimulus_ids=ids, n_components=80)
-    with pytest.raises(ValueError, match="training images"):
-        fit_one(hidden @ hidden.T, assembly.values, np.arange(5), np.arange(5, 20), n_components=25)
-    with pytest.raises(KeyError, match="no column 'colour'"):
+    with pytest.raises(LookupError, match="no column 'colour'"):
         fit_scores({"h": hidden}, assembly, stimulus_ids=ids, n_components=5, select_on={"colour": "red"})
 
 
