@@ -2,8 +2,7 @@
 
     checkpoints.resolve(spec)        spec -> verified checkpoint reference (flows.checkpoints)
     datasets.prepare_dataset(spec)   dataset -> JSON-able reference (flows.datasets)
-    extract_checkpoint(...)          checkpoint + stimuli -> content-keyed activation store (pipeline.extract)
-    layer_gram(...)                  one layer's Gram matrix X X^T, cached beside the store
+    extract_checkpoint(...)          checkpoint + stimuli -> content-keyed Gram matrices per layer (pipeline.extract)
     fit_layer_region(...)            one layer x one region x some splits -> test predictions (pipeline.metric.fit)
     score_checkpoint(...)            all predictions of a checkpoint -> scores (pipeline.metric.score_predictions)
     write_outputs(...)               scores + checkpoint references -> report folder (pipeline.report)
@@ -25,7 +24,7 @@ from pipeline.extract import extract
 from pipeline.metric import REGRESSIONS, fit, plan_fits, score_predictions
 from pipeline.protocols import get_protocol
 from pipeline.report import compare, write_report
-from pipeline.store import ActivationStore
+from pipeline.store import FeatureStore
 
 from . import checkpoints
 from .datasets import dataset_of, prepare_dataset
@@ -70,21 +69,32 @@ def plan_for(dataset: dict[str, Any], protocol: dict[str, Any]):
     return _plan(json.dumps(dataset, sort_keys=True), json.dumps(protocol, sort_keys=True))
 
 
-def extraction_settings(reference: dict[str, Any], extraction: dict[str, Any] | None) -> dict[str, Any]:
-    """image_size (default: the checkpoint's own input size) and batch_size of one checkpoint's extraction."""
-    settings = {"batch_size": 64, **(extraction or {})}
+def extraction_settings(reference: dict[str, Any], extraction: dict[str, Any] | None,
+                        protocol: dict[str, Any] | None = None) -> dict[str, Any]:
+    """How one checkpoint is extracted: image_size (default: the checkpoint's own input size), batch_size,
+    memory_budget (bytes; default: half the device's free memory) and keep_activations (on when the
+    protocol's regression works in feature space)."""
+    settings = {"batch_size": 64, **{key: value for key, value in (extraction or {}).items() if value is not None}}
+    unknown = set(settings) - {"image_size", "batch_size", "memory_budget", "keep_activations"}
+    if unknown:
+        raise ValueError(f"extraction: unknown setting(s) {', '.join(sorted(unknown))}; valid: image_size, "
+                         "batch_size, memory_budget, keep_activations")
     if settings.get("image_size") is None:
         if not reference.get("image_size"):
             raise ValueError(f"checkpoint {reference['name']}: its input size is not recorded; pass "
                              "--image-size (extraction={'image_size': ...})")
         settings["image_size"] = int(reference["image_size"])
+    if protocol and protocol.get("regression") == "pls-sklearn-default":
+        settings["keep_activations"] = True
     return settings
 
 
 def extract_checkpoint(reference: dict[str, Any], dataset: dict[str, Any], *, layers: Any = "default",
                        image_size: int, batch_size: int = 64, device: str | None = None,
-                       work: str | os.PathLike | None = None, progress: bool = False) -> dict[str, Any]:
-    """Activations of a checkpoint's layers on the dataset's stimuli, in <work>/activations.
+                       work: str | os.PathLike | None = None, progress: bool = False,
+                       keep_activations: bool = False, memory_budget: int | None = None) -> dict[str, Any]:
+    """The Gram matrix of each of a checkpoint's layers on the dataset's stimuli, in <work>/activations
+    (pipeline.extract; the activations themselves too with keep_activations).
 
     Returns {"store": path of the complete store, "layers": layer names in forward order, "reused": whether
     the store was already complete, "preprocessing": what was done to the images}. A complete store with
@@ -93,16 +103,10 @@ def extract_checkpoint(reference: dict[str, Any], dataset: dict[str, Any], *, la
     model = checkpoints.load_model(reference)
     store = extract(model, dataset_of(dataset).stimuli, layers=layers, image_size=image_size,
                     batch_size=batch_size, device=device, cache_dir=work_dir(work) / "activations",
-                    model_id=reference["name"], progress=progress)
+                    model_id=reference["name"], progress=progress, keep_activations=keep_activations,
+                    memory_budget=memory_budget)
     return {"store": str(store.path), "layers": list(store.layers), "reused": store.reused,
             "preprocessing": store.metadata["preprocessing"]}
-
-
-def layer_gram(store: str, layer: str, device: str | None = None) -> str:
-    """Compute (or reuse) the cached Gram matrix X X^T of one layer; returns its file path."""
-    activations = ActivationStore(store)
-    activations.gram(layer, device=device)
-    return str(activations.gram_path(layer))
 
 
 def split_batches(protocol: dict[str, Any], per_task: int) -> list[list[int]]:
@@ -120,11 +124,11 @@ def fit_layer_region(store: str, dataset: dict[str, Any], *, layer: str, region:
     Returns {(region, split): test-image predictions (n_test, n_region_sites)}.
     """
     plan = plan_for(dataset, protocol)
-    activations = ActivationStore(store)
+    features = FeatureStore(store)
     if plan.regression == "pls-sklearn-default":
-        rows = plan.rows_of(activations.stimulus_ids)
-        return fit(plan, region, features=activations.features(layer)[()][rows], splits=splits)
-    return fit(plan, region, gram=activations.gram(layer, rows=plan.stimulus_ids), splits=splits)
+        rows = plan.rows_of(features.stimulus_ids)
+        return fit(plan, region, features=features.features(layer)[()][rows], splits=splits)
+    return fit(plan, region, gram=features.gram(layer, rows=plan.stimulus_ids), splits=splits)
 
 
 def score_checkpoint(dataset: dict[str, Any], protocol: dict[str, Any], predictions: dict, checkpoint: str):
@@ -168,7 +172,7 @@ def run_fit(specs: Sequence[str], dataset: str, *, protocol: str = "paper", laye
     references, scores = [], []
     for spec in specs:
         reference = checkpoints.resolve(spec, work, training=training, training_set=training_set, progress=progress)
-        settings = extraction_settings(reference, extraction)
+        settings = extraction_settings(reference, extraction, protocol_)
         stored = extract_checkpoint(reference, dataset_ref, layers=layers, device=device, work=work,
                                     progress=progress, **settings)
         reference.update(image_size=settings["image_size"], preprocessing=stored["preprocessing"])

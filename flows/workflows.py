@@ -99,11 +99,6 @@ def extract(checkpoint: dict, dataset: dict, layers: Any, extraction: dict, devi
     return stored
 
 
-@task(name="gram", task_run_name="gram {layer}", cache_policy=NO_CACHE, **TRANSIENT)
-def gram(store: str, layer: str, device: str | None) -> str:
-    return steps.layer_gram(store, layer, device=device)
-
-
 @task(name="fit", task_run_name="fit {checkpoint_name} {layer} {region} splits {splits}",
       persist_result=True,
       cache_key_fn=content_key("checkpoint_digest", "dataset_id", "layer", "region", "protocol", "splits"),
@@ -168,14 +163,14 @@ def fit_task_runner(dask_address: str | None = None, n_workers: int | None = Non
 def _neural_fit_tasks(checkpoints: list[str], dataset: dict, protocol: dict, layers: Any, out: str,
                       device: str | None, work: str, training: dict | None, training_set: dict | None,
                       extraction: dict | None, splits_per_task: int) -> str:
-    """Train-or-load, extract, Gram matrices, fits and scores on the chosen task runner; then the report."""
+    """Train-or-load, extract (Gram matrices), fits and scores on the chosen task runner; then the report."""
     logger = get_run_logger()
     fit_task = fit.with_options(persist_result=True, result_storage=Path(out) / RESULTS_FOLDER)
     resolved = [resolve_checkpoint.submit(spec, work, training, training_set) for spec in checkpoints]
     references = [future.result() for future in resolved]
     extractions = []
     for reference in references:
-        settings = steps.extraction_settings(reference, extraction)
+        settings = steps.extraction_settings(reference, extraction, protocol)
         extractions.append(extract.submit(reference, dataset, layers, settings, device, work))
     batches = steps.split_batches(protocol, splits_per_task)
     regions = steps.plan_for(dataset, protocol).regions
@@ -185,10 +180,8 @@ def _neural_fit_tasks(checkpoints: list[str], dataset: dict, protocol: dict, lay
         reference.update(image_size=stored["preprocessing"]["image_size"], preprocessing=stored["preprocessing"])
         fits = []
         for layer in stored["layers"]:
-            layer_gram = gram.submit(stored["store"], layer, device)
             fits += [(layer, fit_task.submit(stored["store"], reference["name"], reference["digest"], dataset,
-                                             dataset["identifier"], layer, region, protocol, splits,
-                                             wait_for=[layer_gram]))
+                                             dataset["identifier"], layer, region, protocol, splits))
                      for region in regions for splits in batches]
         logger.info("%s: %d layers x %d regions x %d split batches = %d fits", reference["name"],
                     len(stored["layers"]), len(regions), len(batches), len(fits))

@@ -17,7 +17,7 @@ _EXPORTS = {
     "extract_activations": ("extract", "extract"),
     "resolve_layers": ("layers", "resolve_layers"),
     "UnknownLayerError": ("layers", "UnknownLayerError"),
-    "ActivationStore": ("store", "ActivationStore"),
+    "FeatureStore": ("store", "FeatureStore"),
     "Preprocessing": ("preprocess", "Preprocessing"),
     "preprocess_images": ("preprocess", "preprocess_images"),
     "KernelPLS": ("pls", "KernelPLS"),

@@ -1,13 +1,16 @@
-"""Layer activations of any ``nn.Module`` on a stimulus set, streamed to a content-keyed HDF5 store.
+"""Layer Gram matrices (and, on request, activations) of any ``nn.Module`` on a stimulus set, content-keyed.
 
     store = extract(model, stimuli, layers="default", image_size=224, cache_dir="work/activations")
     store.layers                      # forward order, e.g. ["relu", "maxpool", "layer1.0", ..., "fc"]
-    store.features("layer3.1")[:10]   # (10, n_features) float32, read from disk
-    store.gram("layer3.1")            # (n_stimuli, n_stimuli) float64, cached beside the store
+    store.gram("layer3.1")            # (n_stimuli, n_stimuli) float64 X X^T, all a PLS fit needs
+    store.features("layer3.1")[:10]   # only with keep_activations=True: (10, n_features) float32 from disk
 
-The cache key hashes the weights, the stimulus ids and image bytes, the preprocessing and the layer
-list, so a changed checkpoint never reuses stale activations. Extraction writes ``<key>.h5.partial``
-batch by batch and marks each finished batch; an interrupted run resumes at the first unfinished batch.
+Gram-first: each layer's activations for every stimulus are held in memory (GPU memory on CUDA) within
+``memory_budget``, turned into the float64 Gram, and dropped (:mod:`pipeline.passes`); nothing of the
+activations reaches the disk unless ``keep_activations``. The cache key hashes the weights, the stimulus ids
+and image bytes, the preprocessing and the layer list, so a changed checkpoint never reuses stale results.
+Each layer's Gram is saved as soon as it is complete, so a killed extraction resumes with the layers it
+has not finished; with ``keep_activations`` it resumes at the first unwritten batch.
 """
 from __future__ import annotations
 
@@ -20,26 +23,26 @@ import warnings
 from pathlib import Path
 from typing import Sequence
 
-import h5py
-import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 from models import weights_sha256
 
+from .activation_file import FORMAT, VERSION, ActivationFile, write_activations
+from .gram import gram as features_gram
 from .gram import resolve_device
-from .layers import LayerRecorder, evaluating_on, resolve_layers
-from .preprocess import Preprocessing, batch_ranges, iter_pixel_batches, normalize
-from .store import FORMAT, VERSION, ActivationStore, chunk_shape, write_json
+from .layers import evaluating_on, resolve_layers
+from .passes import default_memory_budget, layer_widths, plan_passes, run_pass
+from .preprocess import Preprocessing, batch_ranges, iter_pixel_batches, load_pixels, normalize
+from .store import FeatureStore, gram_file, save_gram, write_json
+
+__all__ = ["extract", "cache_key", "stimuli_sha256", "default_cache_dir"]
 
 
 def default_cache_dir() -> Path:
     """``$NEURALIGN_CACHE_DIR``, else ``~/.cache/neuralign/activations``."""
     return Path(os.environ.get("NEURALIGN_CACHE_DIR", Path.home() / ".cache" / "neuralign" / "activations"))
-
-
-# ------------------------------------------------------------------------------------- cache key
 
 
 def _frame(hasher, *parts: str) -> None:
@@ -59,7 +62,7 @@ def stimuli_sha256(stimuli) -> str:
 
 
 def cache_key(weights: str, stimuli: str, preprocessing: Preprocessing, layers: Sequence[str], model_class: str) -> str:
-    """Content key of an activation store: hex sha256 of everything that changes its numbers."""
+    """Content key of an extraction: hex sha256 of everything that changes its numbers."""
     payload = {
         "format": FORMAT,
         "version": VERSION,
@@ -72,9 +75,6 @@ def cache_key(weights: str, stimuli: str, preprocessing: Preprocessing, layers: 
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
-# ------------------------------------------------------------------------------------- extraction
-
-
 @contextlib.contextmanager
 def _exclusive(lock_path: Path):
     """Inter-process lock, so two workers asking for the same key extract it once."""
@@ -84,84 +84,6 @@ def _exclusive(lock_path: Path):
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _resumable(path: Path, key: str) -> h5py.File | None:
-    """The ``.partial`` file of this key opened for appending, or None when it cannot be resumed."""
-    try:
-        f = h5py.File(path, "a")
-    except OSError:  # killed while HDF5 metadata was being written: unreadable
-        return None
-    if f.attrs.get("key") == key and f.attrs.get("format") == FORMAT and "done" in f:
-        return f
-    f.close()
-    return None
-
-
-def _open_partial(path: Path, key: str, n_stimuli: int, batch_size: int, stimulus_ids, metadata: dict) -> h5py.File:
-    """Reopen a resumable ``.partial`` file for this key, or start a fresh one."""
-    if path.exists():
-        f = _resumable(path, key)
-        if f is not None:
-            return f
-        path.unlink()
-    f = h5py.File(path, "w")
-    f.attrs["format"] = FORMAT
-    f.attrs["version"] = VERSION
-    f.attrs["key"] = key
-    f.attrs["layers"] = json.dumps(metadata["layers"])
-    f.attrs["batch_size"] = batch_size
-    f.attrs["metadata"] = json.dumps(metadata, sort_keys=True)
-    f.create_dataset("stimulus_ids", data=np.array(stimulus_ids, dtype=object), dtype=h5py.string_dtype())
-    f.create_dataset("done", data=np.zeros(len(batch_ranges(n_stimuli, batch_size)), dtype=bool))
-    f.create_group("activations")
-    f.flush()
-    return f
-
-
-def _write_batch(f: h5py.File, rows: range, outputs: dict[str, torch.Tensor], batch_size: int) -> None:
-    """Write one batch of every layer into its rows; create the layer datasets on the first batch."""
-    group = f["activations"]
-    n_stimuli = len(f["stimulus_ids"])
-    for layer, values in outputs.items():
-        if values.shape[0] != len(rows):
-            raise RuntimeError(
-                f"layer {layer!r} output has {values.shape[0]} rows for a batch of {len(rows)} images; "
-                "record a module whose output keeps the batch dimension first"
-            )
-        if layer not in group:
-            n_features = values.shape[1]
-            group.create_dataset(
-                layer,
-                shape=(n_stimuli, n_features),
-                dtype=np.float32,
-                chunks=chunk_shape(n_stimuli, n_features, batch_size),
-            )
-        group[layer][rows.start : rows.stop] = values.numpy()
-
-
-def _extract_batches(model, stimuli, f: h5py.File, preprocessing, layers, device, num_workers, progress) -> dict:
-    """Run the forward passes for every unfinished batch of ``f``; returns per-layer call counts."""
-    batch_size = int(f.attrs["batch_size"])
-    ranges = batch_ranges(len(stimuli.stimulus_ids), batch_size)
-    done = f["done"][()]
-    todo = [int(b) for b in np.flatnonzero(~done)]
-    calls: dict[str, int] = {}
-    batches = iter_pixel_batches(stimuli, preprocessing, batch_size, todo, num_workers=num_workers)
-    with evaluating_on(model, device), LayerRecorder(model, layers) as recorder, torch.no_grad():
-        for b, pixels in tqdm(batches, total=len(todo), desc="activations", unit="batch", disable=not progress):
-            recorder.clear()
-            model(normalize(pixels.to(device, non_blocking=True), preprocessing))
-            if recorder.missing():
-                raise RuntimeError(f"layers {recorder.missing()} did not run in {type(model).__name__}.forward")
-            _write_batch(f, ranges[b], recorder.outputs, batch_size)
-            if not np.any(f["done"][()]):  # first batch written: the hooks fired in forward order
-                f.attrs["layers"] = json.dumps(list(recorder.outputs))
-            f.flush()  # the rows reach the file before the flag that vouches for them
-            f["done"][b] = True
-            f.flush()
-            calls = dict(recorder.calls)
-    return calls
 
 
 def extract(
@@ -176,66 +98,113 @@ def extract(
     preprocessing: Preprocessing | None = None,
     num_workers: int = 0,
     progress: bool = True,
-) -> ActivationStore:
-    """Activations of ``layers`` of ``model`` for every stimulus, as an on-disk :class:`ActivationStore`.
+    keep_activations: bool = False,
+    memory_budget: int | None = None,
+) -> FeatureStore:
+    """The Gram matrix of every layer of ``layers`` over every stimulus, as a :class:`FeatureStore`.
 
     stimuli: a StimulusSet (``.stimulus_ids``, ``.open(id) -> PIL.Image``, ``.image_bytes(id)``).
-    layers: "default", "all", a module name or a list of names (see :func:`resolve_layers`).
+    layers: "default", "all", a module name or a list of names (see :func:`pipeline.layers.resolve_layers`).
     image_size: network input side in pixels (ignored when ``preprocessing`` is given).
-    batch_size: images per forward pass; bounds memory (one batch of every layer is in RAM).
+    batch_size: images per forward pass.
     device: None -> CUDA when available, else CPU. The model is returned to its device and modes.
-    cache_dir: where ``<key>.h5`` and ``<key>.json`` live (default ``$NEURALIGN_CACHE_DIR`` or
-        ``~/.cache/neuralign/activations``). An existing complete store for the key is reused as is.
-    model_id: free-form label recorded in the metadata (e.g. a checkpoint path); not part of the key.
-    num_workers: DataLoader processes decoding and resizing images.
+    cache_dir: where the store lives (default ``$NEURALIGN_CACHE_DIR`` or ``~/.cache/neuralign/activations``).
+        A complete store for the key is reused as is.
+    keep_activations: also write the activations to ``<key>.h5`` (needed for regressions in feature space
+        and for your own analyses); the Grams are then computed from that file.
+    memory_budget: bytes of activations held in memory at once (default: half the device's free memory, see
+        :func:`pipeline.passes.default_memory_budget`). A smaller budget costs more forward passes, never
+        more memory; the number of passes is recorded in the metadata.
+    model_id: free-form label recorded in the metadata; not part of the key.
     """
     preprocessing = preprocessing or Preprocessing(image_size=image_size)
     if len(stimuli.stimulus_ids) == 0:
         raise ValueError("stimuli: the stimulus set has no stimulus_ids; nothing to extract")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if memory_budget is not None and memory_budget <= 0:
+        raise ValueError(f"memory_budget must be a positive number of bytes, got {memory_budget}")
     layer_names = resolve_layers(model, layers)
     model_class = f"{type(model).__module__}.{type(model).__qualname__}"
     weights, stimulus_hash = weights_sha256(model), stimuli_sha256(stimuli)
     key = cache_key(weights, stimulus_hash, preprocessing, layer_names, model_class)
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     cache_dir.mkdir(parents=True, exist_ok=True)
-    final = cache_dir / f"{key}.h5"
+    json_path = cache_dir / f"{key}.json"
     with _exclusive(cache_dir / f"{key}.lock"):
-        if final.exists():
-            return ActivationStore(final, reused=True)
+        if json_path.is_file() and (not keep_activations or json_path.with_suffix(".h5").is_file()):
+            return FeatureStore(json_path, reused=True)
         device = resolve_device(device)
-        metadata = {
-            "key": key,
-            "model_id": model_id,
-            "model_class": model_class,
-            "weights_sha256": weights,
-            "stimuli_sha256": stimulus_hash,
-            "n_stimuli": len(stimuli.stimulus_ids),
-            "preprocessing": preprocessing.as_dict(),
-            "layers": layer_names,
-            "torch_version": torch.__version__,
-        }
-        partial = final.with_name(final.name + ".partial")
-        f = _open_partial(partial, key, len(stimuli.stimulus_ids), batch_size, list(stimuli.stimulus_ids), metadata)
-        try:
-            calls = _extract_batches(model, stimuli, f, preprocessing, layer_names, device, num_workers, progress)
-            metadata.update(
-                layers=json.loads(f.attrs["layers"]),
-                batch_size=int(f.attrs["batch_size"]),
-                device=str(device),
-                shapes={layer: list(f["activations"][layer].shape) for layer in json.loads(f.attrs["layers"])},
-                reused_modules={name: n for name, n in calls.items() if n > 1},
-            )
-            f.attrs["metadata"] = json.dumps(metadata, sort_keys=True)
-        finally:
-            f.close()
-        if metadata.get("reused_modules"):
-            warnings.warn(
-                f"modules called more than once per forward were recorded at their first call: "
-                f"{metadata['reused_modules']}",
-                stacklevel=2,
-            )
-        write_json(cache_dir / f"{key}.json", metadata)
-        os.replace(partial, final)
-    return ActivationStore(final)
+        with evaluating_on(model, device):
+            example = _example_input(stimuli, preprocessing, device)
+            widths, calls = layer_widths(model, layer_names, example)
+            metadata = {
+                "key": key, "model_id": model_id, "model_class": model_class, "weights_sha256": weights,
+                "stimuli_sha256": stimulus_hash, "n_stimuli": len(stimuli.stimulus_ids),
+                "stimulus_ids": [str(s) for s in stimuli.stimulus_ids], "preprocessing": preprocessing.as_dict(),
+                "layers": list(widths), "shapes": {layer: [len(stimuli.stimulus_ids), w] for layer, w in widths.items()},
+                "batch_size": batch_size, "device": str(device), "torch_version": torch.__version__,
+                "reused_modules": {name: n for name, n in calls.items() if n > 1},
+            }
+            if keep_activations:
+                metadata.update(_grams_from_file(model, stimuli, preprocessing, widths, key, cache_dir, batch_size,
+                                                 device, num_workers, progress))
+            else:
+                budget = memory_budget or default_memory_budget(device)
+                metadata.update(_grams_in_memory(model, stimuli, preprocessing, widths, key, cache_dir, batch_size,
+                                                 device, num_workers, progress, budget))
+        if metadata["reused_modules"]:
+            warnings.warn(f"modules called more than once per forward were recorded at their first call: "
+                          f"{metadata['reused_modules']}", stacklevel=2)
+        write_json(json_path, metadata)
+    return FeatureStore(json_path)
+
+
+def _grams_in_memory(model, stimuli, preprocessing, widths, key, cache_dir, batch_size, device, num_workers,
+                     progress, budget) -> dict:
+    """Every layer's Gram from in-memory passes; layers whose Gram is already on disk are skipped (resume)."""
+    n = len(stimuli.stimulus_ids)
+    todo = {layer: width for layer, width in widths.items() if not gram_file(cache_dir, key, layer).is_file()}
+    passes = plan_passes(todo, n, budget)
+    pending = {layer: None for layer in todo}  # partial sums of layers split over several passes
+    remaining = {layer: sum(1 for p in passes for s in p if s.layer == layer) for layer in todo}
+    ranges = batch_ranges(n, batch_size)
+    bar = tqdm(total=len(passes) * len(ranges), desc="activations -> Grams", unit="batch", disable=not progress)
+    for slices in passes:
+        batches = ((ranges[b], pixels) for b, pixels in
+                   iter_pixel_batches(stimuli, preprocessing, batch_size, num_workers=num_workers))
+        for piece, partial in run_pass(model, slices, _progress(batches, bar), n, device,
+                                       lambda pixels: normalize(pixels.to(device, non_blocking=True), preprocessing)):
+            pending[piece.layer] = partial if pending[piece.layer] is None else pending[piece.layer] + partial
+            remaining[piece.layer] -= 1
+            if remaining[piece.layer] == 0:
+                save_gram(gram_file(cache_dir, key, piece.layer), pending.pop(piece.layer))
+    bar.close()
+    return {"memory_budget": int(budget), "forward_passes": len(passes), "activations_kept": False}
+
+
+def _grams_from_file(model, stimuli, preprocessing, widths, key, cache_dir, batch_size, device, num_workers,
+                     progress) -> dict:
+    """Activations to ``<key>.h5`` (resumable), then each layer's Gram read from it in column panels."""
+    path = cache_dir / f"{key}.h5"
+    if not path.is_file():
+        write_activations(path, key, model, stimuli, preprocessing, list(widths), batch_size, device,
+                          num_workers, progress)
+    activations = ActivationFile(path)
+    for layer in widths:
+        target = gram_file(cache_dir, key, layer)
+        if not target.is_file():
+            save_gram(target, features_gram(activations.features(layer), device=device))
+    return {"forward_passes": 1, "activations_kept": True}
+
+
+def _example_input(stimuli, preprocessing, device) -> torch.Tensor:
+    """The first stimulus as a (1, 3, H, W) network input: enough to learn every layer's width."""
+    pixels = torch.from_numpy(load_pixels(stimuli.open(stimuli.stimulus_ids[0]), preprocessing))[None]
+    return normalize(pixels.to(device), preprocessing)
+
+
+def _progress(batches, bar):
+    for item in batches:
+        yield item
+        bar.update(1)

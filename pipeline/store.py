@@ -1,17 +1,13 @@
-"""On-disk activation store: one HDF5 file per (weights, stimuli, preprocessing, layers) key.
+"""What an extraction leaves on disk, per content key ``<key>`` (weights, stimuli, preprocessing, layers):
 
-File layout (``<cache_dir>/<key>.h5``, with ``<key>.json`` beside it holding the same metadata):
+    <key>.<layer>.gram.npy   float64 (n_stimuli, n_stimuli) X X^T of one layer, written as each layer finishes
+    <key>.json               the metadata (layers in forward order, stimulus ids, shapes, preprocessing,
+                             hashes, how many forward passes the memory budget took); written last, so its
+                             presence means every Gram is there
+    <key>.h5                 only with keep_activations: the activations themselves (pipeline.activation_file)
 
-    attrs:   format, version, key, layers (JSON list, forward order), batch_size, metadata (JSON)
-    stimulus_ids            (n_stimuli,) str
-    done                    (n_batches,) bool   batch b holds rows [b * batch_size, (b + 1) * batch_size)
-    activations/<layer>     (n_stimuli, n_features) float32, chunked (batch rows, ~4 MiB of columns)
-
-While an extraction runs the file is ``<key>.h5.partial`` and ``done`` says which batches are
-written; it is renamed into place only when every batch is done, so a ``<key>.h5`` is always complete.
-
-Gram matrices ``X X^T`` are computed by :func:`pipeline.gram.gram` (column panels, every byte of X read
-once, float64) and cached as ``<key>.<layer>.gram.npy``.
+A PLS fit needs only the Gram matrices (5120 x 5120 float64 = 210 MB per layer at the paper's size), never
+the activations (about 32 GB per checkpoint for ResNet-18's default layers at 224 px).
 """
 from __future__ import annotations
 
@@ -20,88 +16,83 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-import h5py
 import numpy as np
 
 from models.files import atomic_path, write_atomic
 
-from .gram import gram as gram_of
+from .activation_file import ActivationFile
 
-FORMAT = "neuralign-activations"
-VERSION = 1
-CHUNK_BYTES = 4 * 2**20  # one HDF5 chunk: large enough for fast I/O, small enough for any panel width
+__all__ = ["FeatureStore", "write_json", "save_gram", "gram_file"]
 
 
-class StoreError(ValueError):
-    """An activation file that is not a complete store of this format."""
+def gram_file(cache_dir: Path, key: str, layer: str) -> Path:
+    return cache_dir / f"{key}.{layer}.gram.npy"
 
 
-def chunk_shape(n_rows: int, n_features: int, batch_size: int) -> tuple[int, int]:
-    """HDF5 chunk (rows, columns): one extraction batch of rows, about CHUNK_BYTES of float32."""
-    rows = max(1, min(batch_size, n_rows))
-    cols = max(1, min(n_features, CHUNK_BYTES // (4 * rows)))
-    return rows, cols
+def save_gram(path: Path, gram: np.ndarray) -> None:
+    """One layer's Gram matrix, written atomically (concurrent writers never share a temporary name)."""
+    with atomic_path(path) as tmp:
+        np.save(tmp, np.asarray(gram, dtype=np.float64))
 
 
-class ActivationStore:
-    """Read access to a complete activation file (see module docstring for the layout).
+def write_json(path: Path, payload: dict) -> None:
+    write_atomic(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
 
-    ``features(layer)`` is the lazily read h5py dataset (n_stimuli, n_features) float32: slice it
-    (``store.features("fc")[:10]``) or ``np.asarray`` it when it fits in memory. Picklable (it
-    reopens the file by path), so Dask workers can share one store.
+
+class FeatureStore:
+    """A complete extraction: its layers' Gram matrices, metadata, and (when kept) activations.
+
+    Picklable (by path), so Dask workers can share one store.
     """
 
     def __init__(self, path: str | os.PathLike, reused: bool = False):
-        self.path = Path(path)
+        self.path = Path(path)  # <key>.json
+        if not self.path.is_file():
+            raise FileNotFoundError(f"feature store {self.path} does not exist (an extraction writes it last)")
+        self.metadata: dict = json.loads(self.path.read_text())
+        self.key: str = self.metadata["key"]
+        self.layers: list[str] = list(self.metadata["layers"])
+        self.stimulus_ids: list[str] = list(self.metadata["stimulus_ids"])
         self.reused = reused  # True when an extraction found this store already complete
-        if not self.path.exists():
-            raise FileNotFoundError(f"activation store {self.path} does not exist")
-        self._file = None
-        f = self._h5()
-        if f.attrs.get("format") != FORMAT:
-            raise StoreError(f"{self.path}: attribute 'format' is {f.attrs.get('format')!r}, expected {FORMAT!r}")
-        if not bool(np.all(f["done"][()])):
-            raise StoreError(f"{self.path}: dataset 'done' says some batches were never written (incomplete store)")
-        self.key: str = str(f.attrs["key"])
-        self.layers: list[str] = json.loads(f.attrs["layers"])
-        self.metadata: dict = json.loads(f.attrs["metadata"])
-        self.stimulus_ids: list[str] = [s.decode() if isinstance(s, bytes) else s for s in f["stimulus_ids"][()]]
         self._row_of = {sid: i for i, sid in enumerate(self.stimulus_ids)}
-
-    def _h5(self) -> h5py.File:
-        if self._file is None or not self._file.id.valid:
-            self._file = h5py.File(self.path, "r")
-        return self._file
-
-    def close(self) -> None:
-        if self._file is not None and self._file.id.valid:
-            self._file.close()
-        self._file = None
+        self._activations: ActivationFile | None = None
 
     def __getstate__(self):
-        return {"path": self.path}
+        return {"path": self.path, "reused": self.reused}
 
     def __setstate__(self, state):
-        self.__init__(state["path"])
+        self.__init__(state["path"], state["reused"])
 
     def __repr__(self) -> str:
-        return f"ActivationStore({str(self.path)!r}, layers={len(self.layers)}, stimuli={len(self.stimulus_ids)})"
+        return f"FeatureStore({str(self.path)!r}, layers={len(self.layers)}, stimuli={len(self.stimulus_ids)})"
 
-    def _check_layer(self, layer: str) -> None:
-        if layer not in self.layers:
-            raise KeyError(f"{self.path}: no layer {layer!r}; stored layers: {self.layers}")
+    @property
+    def activations_path(self) -> Path:
+        return self.path.with_suffix(".h5")
 
-    def features(self, layer: str) -> h5py.Dataset:
-        """Activations of ``layer``: lazily read (n_stimuli, n_features) float32 h5py dataset."""
+    @property
+    def has_activations(self) -> bool:
+        return self.activations_path.is_file()
+
+    def gram_path(self, layer: str) -> Path:
         self._check_layer(layer)
-        return self._h5()["activations"][layer]
+        return gram_file(self.path.parent, self.key, layer)
 
     def shape(self, layer: str) -> tuple[int, int]:
         """(n_stimuli, n_features) of ``layer``."""
-        return tuple(self.features(layer).shape)
+        self._check_layer(layer)
+        return tuple(self.metadata["shapes"][layer])
 
-    def gram_path(self, layer: str) -> Path:
-        return self.path.with_name(f"{self.key}.{layer}.gram.npy")
+    def features(self, layer: str):
+        """The activations of ``layer`` (a lazily read (n_stimuli, n_features) float32 h5py dataset); only for
+        stores extracted with ``keep_activations=True``."""
+        self._check_layer(layer)
+        if not self.has_activations:
+            raise LookupError(f"{self.path}: the activations were not kept (only their Gram matrices); extract "
+                              "with keep_activations=True to have them")
+        if self._activations is None:
+            self._activations = ActivationFile(self.activations_path)
+        return self._activations.features(layer)
 
     def rows(self, rows: Sequence[int] | Sequence[str] | np.ndarray) -> np.ndarray:
         """Row indices for stimulus ids, integer indices or a boolean mask."""
@@ -114,31 +105,19 @@ class ActivationStore:
             return rows.astype(np.int64)
         missing = [str(s) for s in rows if str(s) not in self._row_of]
         if missing:
-            raise KeyError(f"{self.path}: stimulus ids not in the store: {missing[:5]} ({len(missing)} in all)")
+            raise LookupError(f"{self.path}: {len(missing)} stimulus ids are not in the store, first "
+                              f"{min(5, len(missing))}: {', '.join(missing[:5])}")
         return np.array([self._row_of[str(s)] for s in rows], dtype=np.int64)
 
-    def gram(self, layer: str, rows=None, device=None, cache: bool = True) -> np.ndarray:
-        """Gram matrix ``X X^T`` of ``layer``, (n, n) float64, computed blockwise and cached on disk.
-
-        rows: optional stimulus ids / indices / mask; returns ``G[rows][:, rows]`` (the full matrix is
-        computed once and cached, since PLS fits reuse it across regions and splits).
-        device: where the products run (None: CUDA when present, else CPU).
-        """
-        self._check_layer(layer)
-        path = self.gram_path(layer)
-        if cache and path.exists():
-            gram = np.load(path)
-        else:
-            gram = gram_of(self.features(layer), device=device)
-            if cache:
-                with atomic_path(path) as tmp:  # workers computing the same layer at once never share a name
-                    np.save(tmp, gram)
+    def gram(self, layer: str, rows=None, device=None) -> np.ndarray:
+        """Gram matrix ``X X^T`` of ``layer``, (n, n) float64; with rows (stimulus ids, indices or a mask),
+        ``G[rows][:, rows]``. ``device`` is accepted for symmetry with feature providers (the Gram is stored)."""
+        gram = np.load(self.gram_path(layer))
         if rows is None:
             return gram
         index = self.rows(rows)
         return gram[np.ix_(index, index)]
 
-
-def write_json(path: Path, payload: dict) -> None:
-    """The store's metadata sidecar, written atomically."""
-    write_atomic(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
+    def _check_layer(self, layer: str) -> None:
+        if layer not in self.layers:
+            raise LookupError(f"{self.path}: no layer {layer!r}; stored layers: {', '.join(self.layers)}")

@@ -59,6 +59,10 @@ def test_standard_random_baseline_is_full_width_at_224_px():
     reference = checkpoints.resolve("random:resnet18")
     assert (reference["width"], reference["small_input"], reference["image_size"]) == (1.0, False, 224)
     assert steps.extraction_settings(reference, None) == {"image_size": 224, "batch_size": 64}
+    sklearn_default = {"regression": "pls-sklearn-default"}
+    assert steps.extraction_settings(reference, None, sklearn_default)["keep_activations"] is True
+    with pytest.raises(ValueError, match="unknown setting.*size"):
+        steps.extraction_settings(reference, {"size": 3})
     assert steps.extraction_settings(reference, {"image_size": 64})["image_size"] == 64
 
 
@@ -159,12 +163,11 @@ def test_split_batches_cover_every_split_once():
 # ------------------------------------------------------------------------------------------ fits and scores
 def test_fanned_out_fits_give_the_scores_of_one_pipeline_call(extracted, dataset):
     from pipeline.score import fit_scores
-    from pipeline.store import ActivationStore
+    from pipeline.store import FeatureStore
 
     protocol = steps.protocol_spec("paper", TINY_PROTOCOL, dataset)
     predictions = {}
     for layer in reversed(extracted["layers"]):
-        steps.layer_gram(extracted["store"], layer)
         for region in ("IT", "V4"):
             for batch in steps.split_batches(protocol, 2):
                 predictions.setdefault(layer, {}).update(steps.fit_layer_region(
@@ -172,7 +175,7 @@ def test_fanned_out_fits_give_the_scores_of_one_pipeline_call(extracted, dataset
     ordered = {layer: predictions[layer] for layer in extracted["layers"]}
     fanned = steps.score_checkpoint(dataset, protocol, ordered, "random")
     data = dataset_of(dataset)
-    direct = fit_scores(ActivationStore(extracted["store"]), data.averaged(), "paper", n_splits=3, n_components=4,
+    direct = fit_scores(FeatureStore(extracted["store"]), data.averaged(), "paper", n_splits=3, n_components=4,
                         checkpoint="random", trials=data.assembly, dataset=dataset["identifier"])
     np.testing.assert_allclose(fanned["median_r"].values, direct["median_r"].values, rtol=1e-12)
     np.testing.assert_allclose(fanned["r"].values, direct["r"].values, rtol=1e-12)

@@ -248,14 +248,14 @@ def test_hidden_features_recover_planted_predictivity_and_ceiling(synthetic):
     assert res.attrs["dataset"] == dataset.identifier
 
 
-def test_activation_store_from_extract_scores_like_its_features(synthetic, tmp_path):
+def test_feature_store_from_extract_scores_like_its_features(synthetic, tmp_path):
     torch = pytest.importorskip("torch")
     extract = pytest.importorskip("pipeline.extract").extract
     dataset, _, _ = synthetic
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 5, stride=4), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(3),
                                 torch.nn.Flatten(), torch.nn.Linear(36, 10))
     store = extract(model, dataset.stimuli, layers=["1", "4"], image_size=32, batch_size=64,
-                    cache_dir=tmp_path, model_id="tiny", progress=False)
+                    cache_dir=tmp_path, model_id="tiny", progress=False, keep_activations=True)
     averaged = dataset.averaged()
     from_store = fit_scores(store, averaged, n_splits=2, n_components=5)
     arrays = {layer: np.asarray(store.features(layer)) for layer in store.layers}
