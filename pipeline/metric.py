@@ -29,6 +29,7 @@ from .gram import gram as features_gram
 from .pls import fit_predict_gram
 from .protocols import Protocol, get_protocol, pearson_per_site, row_order
 from .results import build_scores
+from .stats import N_IMAGE_BOOT, bootstrap_counts, selection_halves, weighted_pearson
 
 __all__ = ["FitPlan", "plan_fits", "fit", "score_predictions", "REGRESSIONS"]
 
@@ -57,6 +58,7 @@ class FitPlan:
     select_on: Mapping[str, Any] | None = None
     score_on: Mapping[str, Any] | None = None
     dataset: str = ""
+    selection_half: np.ndarray | None = field(default=None, repr=False)  # True: the best-layer selection half
 
     @property
     def stimulus_ids(self) -> list[str]:
@@ -133,9 +135,11 @@ def plan_fits(assembly: xr.DataArray, protocol: str | Protocol = "paper", *, n_s
     for name, spec in (("select_on", select_on), ("score_on", score_on)):
         if spec is not None:
             subset_mask(metadata, spec, name)  # fail now, not after the fits
+    labels = metadata[protocol.stratify_by] if protocol.stratify_by in metadata.columns else np.zeros(len(metadata))
     return FitPlan(protocol, n_components, regression, responses, splits, excluded,
                    _matching_trials(trials, responses) if trials is not None else None,
-                   select_on, score_on, str(dataset or assembly.attrs.get("identifier", assembly.name or "")))
+                   select_on, score_on, str(dataset or assembly.attrs.get("identifier", assembly.name or "")),
+                   selection_halves(labels, protocol.seed))
 
 
 def fit(plan: FitPlan, region: str, *, gram: np.ndarray | None = None, features=None,
@@ -202,28 +206,51 @@ def subset_mask(metadata: pd.DataFrame, spec: Mapping[str, Any], name: str) -> n
 
 
 def _layer_correlations(plan, layer, fits, Y_all, site_regions, n_splits) -> dict[str, np.ndarray]:
-    """{"r": (n_splits, n_sites), "select"/"score": the same on the subsets} of one layer."""
+    """Per-site correlations of one layer: "r" (n_splits, n_sites) on the test images; "select"/"score" the
+    same on the select_on/score_on subsets; "r_half_select"/"r_half_score" on the test images of each
+    selection half; "r_boot"/"r_boot_score" (n_boot, n_sites): image-resampled correlations averaged over
+    splits, on all test images and on the scoring half (the statistics of pipeline.stats)."""
     metadata = plan.metadata
     subsets = {name: subset_mask(metadata, spec, f"{name}_on") for name, spec in
                (("select", plan.select_on), ("score", plan.score_on)) if spec is not None}
-    out = {name: np.full((n_splits, Y_all.shape[1]), np.nan) for name in ("r", *subsets)}
-    for region in plan.regions:
-        sites = site_regions == region
-        for split in range(n_splits):
+    halves = {"r_half_select": plan.selection_half, "r_half_score": ~plan.selection_half}
+    n_sites = Y_all.shape[1]
+    out = {name: np.full((n_splits, n_sites), np.nan) for name in ("r", *subsets, *halves)}
+    boot = {name: np.zeros((N_IMAGE_BOOT, n_sites)) for name in ("r_boot", "r_boot_score")}
+    for split in range(n_splits):
+        test = plan.splits[split][1]
+        counts = _bootstrap_weights(plan, split, test)
+        for region in plan.regions:
+            sites = site_regions == region
             if (region, split) not in fits:
                 raise LookupError(f"no fit for layer {layer!r}, region {region!r}, split {split}")
-            test = plan.splits[split][1]
             predicted, actual = np.asarray(fits[(region, split)]), Y_all[test][:, sites]
             if predicted.shape != actual.shape:
                 raise ValueError(f"layer {layer!r}, region {region!r}, split {split}: predictions have shape "
                                  f"{predicted.shape}, the plan's test targets {actual.shape}")
             out["r"][split, sites] = pearson_per_site(predicted, actual)
-            for name, mask in subsets.items():
+            for name, mask in {**subsets, **halves}.items():
                 keep = mask[test]
                 if keep.sum() < 3:
-                    raise ValueError(f"{name}_on: split {split} keeps {int(keep.sum())} test images; need >= 3")
+                    raise ValueError(f"{name}: split {split} keeps {int(keep.sum())} test images; need >= 3")
                 out[name][split, sites] = pearson_per_site(predicted[keep], actual[keep])
-    return out
+            for name, weights in counts.items():
+                boot[name][:, sites] += weighted_pearson(predicted, actual, weights) / n_splits
+    return {**out, **boot}
+
+
+def _bootstrap_weights(plan: FitPlan, split: int, test: np.ndarray) -> dict[str, np.ndarray]:
+    """Counts (n_boot, n_test) of the image resamples of one split's test images, and of its scoring half.
+
+    Seeded by (protocol seed, split) only: every checkpoint and layer of a plan sees the same resamples,
+    so replicate b of two checkpoints is a paired draw.
+    """
+    score = ~plan.selection_half[test]
+    full = bootstrap_counts(len(test), N_IMAGE_BOOT, np.random.default_rng([plan.protocol.seed, split, 1]))
+    half = np.zeros_like(full)
+    half[:, score] = bootstrap_counts(int(score.sum()), N_IMAGE_BOOT,
+                                      np.random.default_rng([plan.protocol.seed, split, 2]))
+    return {"r_boot": full, "r_boot_score": half}
 
 
 def _by_layer(predictions: Mapping) -> dict[str, dict]:

@@ -30,12 +30,18 @@ import xarray as xr
 
 from .ceiling import CEILING_FORMULAS, NoiseCeiling, ceiled, noise_ceiling
 from .protocols import summarize
+from .stats import N_IMAGE_BOOT
 
 if TYPE_CHECKING:
     from .metric import FitPlan
 
 __all__ = ["build_scores", "add_best_layers"]
 
+SELECTION_HALVES = ("site_half_select / site_half_score: mean r over splits on the test images of a seeded half of "
+                    "the stimuli (within each stratification group) and of the other half; the statistics choose "
+                    "best layers on the first and compare checkpoints on the second")
+IMAGE_BOOTSTRAP = ("r_boot / r_boot_score: {n} resamples with replacement of each split's test images (of its scoring "
+                   "half), the same seeded draws for every checkpoint; weighted Pearson r per site, mean over splits")
 CEILING_SPLITS = 10  # Brain-Score's Split.Defaults.splits, also the paper protocol's ceiling splits
 AGGREGATIONS = {
     "sites": "median_r = median over sites of the mean r over splits (sites NaN in any split left out); "
@@ -80,6 +86,12 @@ def build_scores(plan: FitPlan, correlations: Mapping[str, Mapping[str, np.ndarr
         data[f"r_{name}"] = (("checkpoint", "layer", "split", "neuroid"), r_subset[name][None])
         data[f"median_r_{name}"] = (lr, summaries[name]["median_r"][None])
         data[f"sem_{name}"] = (lr, summaries[name]["sem"][None])
+    for name in ("r_half_select", "r_half_score"):  # per-site mean over splits, on each selection half
+        site = np.stack([correlations[layer][name] for layer in layers]).mean(axis=1)
+        data["site_" + name[2:]] = (("checkpoint", "layer", "neuroid"), site[None])
+    for name in ("r_boot", "r_boot_score"):
+        replicates = np.stack([correlations[layer][name] for layer in layers]).astype(np.float32)
+        data[name] = (("checkpoint", "layer", "boot", "neuroid"), replicates[None])
     ceiling = None
     if plan.trials is not None:
         ceiling = noise_ceiling(plan.trials, plan.protocol.ceiling, n_splits=CEILING_SPLITS, seed=plan.protocol.seed,
@@ -155,6 +167,7 @@ def _attrs(plan: FitPlan, ceiling: NoiseCeiling | None, formula: str) -> dict:
         rule = (f"argmax over layers of median_r on test images with {json.dumps(plan.select_on, sort_keys=True)}; "
                 f"reported on test images with {json.dumps(plan.score_on, sort_keys=True)}")
     return {**plan.attrs(), "scale": 0, "correlation": "pearson over test images, per site",
+            "selection_halves": SELECTION_HALVES, "image_bootstrap": IMAGE_BOOTSTRAP.format(n=N_IMAGE_BOOT),
             "best_layer_rule": rule, "n_stimuli": len(ids),
             "stimulus_ids_sha256": hashlib.sha256("\n".join(ids).encode()).hexdigest(),
             "aggregation": AGGREGATIONS[plan.protocol.aggregate].format(ddof=plan.protocol.sem_ddof),
