@@ -49,7 +49,7 @@ def protocol_spec(name: str = "paper", options: dict[str, Any] | None = None,
     if regression not in REGRESSIONS:
         raise ValueError(f"protocol option 'regression': unknown {regression!r}; valid: {', '.join(REGRESSIONS)}")
     if name == "paper" and dataset and dataset.get("stratify_by") and "stratify_by" not in options:
-        options["stratify_by"] = dataset["stratify_by"]
+        options["stratify_by"] = dataset["stratify_by"]  # a column, or "none" for plain random splits
     protocol = get_protocol(name, **options)
     return {**dataclasses.asdict(protocol), "n_components": n_components, "regression": regression}
 

@@ -22,7 +22,8 @@ from torch import nn
 from .gram import PANEL_BYTES, gram
 from .layers import LayerRecorder
 
-__all__ = ["Slice", "plan_passes", "default_memory_budget", "layer_widths", "run_pass", "BUDGET_FRACTION"]
+__all__ = ["Slice", "plan_passes", "default_memory_budget", "layer_widths", "run_pass", "BUDGET_FRACTION",
+           "NonFiniteActivations"]
 
 BUDGET_FRACTION = 0.5  # default budget: this fraction of the device's free memory
 
@@ -86,6 +87,14 @@ def layer_widths(model: nn.Module, layers: Sequence[str], example: torch.Tensor)
     if recorder.missing():
         raise RuntimeError(f"layers {recorder.missing()} did not run in {type(model).__name__}.forward")
     return {layer: int(output.shape[1]) for layer, output in recorder.outputs.items()}, dict(recorder.calls)
+
+
+class NonFiniteActivations(ValueError):
+    """A layer produced NaN or inf for some stimulus (diverged weights, or bad input)."""
+
+    def __init__(self, layer: str):
+        self.layer = layer
+        super().__init__(f"NaN or inf activations at layer {layer} (diverged or corrupted weights?)")
 
 
 class _EnoughLayers(Exception):
@@ -157,6 +166,8 @@ def run_pass(model: nn.Module, slices: Sequence[Slice], batches, n_stimuli: int,
             recorder.run(lambda: model(to_input(pixels)), slice(rows.start, rows.stop))
     for piece in slices:
         buffer = recorder.buffers.pop(piece)
+        if not torch.isfinite(buffer).all():
+            raise NonFiniteActivations(piece.layer)
         yield piece, gram(buffer, device=device)
         del buffer
 

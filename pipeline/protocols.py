@@ -30,6 +30,7 @@ from .ceiling import CEILING_FORMULAS, CEILING_METHODS
 __all__ = ["Protocol", "PROTOCOLS", "ROW_ORDERS", "get_protocol", "pearson_per_site", "row_order", "summarize"]
 
 MIN_TEST_IMAGES = 3  # a Pearson r over fewer images is meaningless (2 points always give +-1)
+NO_STRATIFICATION = "none"  # stratify_by value for plain seeded random splits (datasets without categories)
 
 ROW_ORDERS = {
     "stimulus_table": "the averaged assembly's own order (the stimulus table's)",
@@ -71,11 +72,17 @@ class Protocol:
 
     def splits(self, metadata: pd.DataFrame) -> list[tuple[np.ndarray, np.ndarray]]:
         """metadata: one row per stimulus (row order = index order). Returns ``n_splits``
-        (train_idx, test_idx) pairs of sorted integer row indices."""
-        if self.stratify_by not in metadata.columns:
-            raise KeyError(f"protocol {self.name!r}: stimulus metadata has no column {self.stratify_by!r} "
-                           f"to stratify by; columns: {sorted(metadata.columns)}")
-        labels = metadata[self.stratify_by].astype(str).to_numpy()
+        (train_idx, test_idx) pairs of sorted integer row indices. ``stratify_by == "none"`` draws plain
+        seeded random splits (every stimulus in one group)."""
+        if self.stratify_by == NO_STRATIFICATION:
+            labels = np.zeros(len(metadata), dtype=str)
+        elif self.stratify_by not in metadata.columns:
+            raise LookupError(f"protocol {self.name!r}: the stimulus metadata has no column {self.stratify_by!r} "
+                              f"to stratify splits by (columns: {', '.join(sorted(map(str, metadata.columns)))}); "
+                              f"set stratify_by to one of them, or to \"{NO_STRATIFICATION}\" for plain random "
+                              "splits")
+        else:
+            labels = metadata[self.stratify_by].astype(str).to_numpy()
         if self.splitter == "within_group":
             pairs = [_within_group_split(labels, self.train_size, self.seed, i) for i in range(self.n_splits)]
         else:

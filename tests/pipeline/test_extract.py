@@ -396,6 +396,12 @@ def test_bad_inputs_are_named(stimuli, tmp_path):
         run(TinyNet(), stimuli, tmp_path, memory_budget=0)
     with pytest.raises(LookupError, match="activations were not kept"):
         run(TinyNet(), stimuli, tmp_path).features("fc")
+    diverged = TinyNet()
+    with torch.no_grad():
+        diverged.fc.weight[0, 0] = float("nan")
+    for extraction in (run, kept):
+        with pytest.raises(ValueError, match="NaN or inf activations at layer fc"):
+            extraction(diverged, stimuli, tmp_path / extraction.__name__)
 
 
 # ------------------------------------------------------------------------------- Gram-first passes

@@ -125,7 +125,7 @@ def test_row_order_and_ceiling_are_part_of_each_protocol():
 def test_bad_protocol_inputs_raise():
     with pytest.raises(ValueError, match="unknown protocol 'nope'.*brainscore"):
         get_protocol("nope")
-    with pytest.raises(KeyError, match="category_name"):
+    with pytest.raises(LookupError, match="no column 'category_name'.*\"none\" for plain random"):
         get_protocol("paper").splits(pd.DataFrame({"x": range(10)}))
     with pytest.raises(ValueError, match="test images"):
         get_protocol("paper").splits(_metadata(n_categories=2, per_category=2))
@@ -137,3 +137,36 @@ def test_bad_protocol_inputs_raise():
         get_protocol("brainscore", ceiling_formula="r/sqrt(c)")
     with pytest.raises(ValueError, match="unknown row_order 'random'"):
         get_protocol("paper", row_order="random")
+
+
+def test_paper_split_equals_an_independent_construction_and_stratify_by_changes_it():
+    """The documented recipe, rebuilt with pandas: per group (sorted), a generator seeded [seed, split] permutes
+    the group's rows and the first round(0.75 n) train."""
+    meta = _metadata(n_categories=3, per_category=12, objects_per_category=4)
+
+    def recipe(column, seed, split):
+        rng = np.random.default_rng([seed, split])
+        train = []
+        for _, rows in meta.groupby(column, sort=True):
+            shuffled = rng.permutation(rows.index.to_numpy())
+            train += list(shuffled[:round(0.75 * len(shuffled))])
+        return np.sort(train)
+
+    for column in ("category_name", "object_name"):
+        splits = get_protocol("paper", n_splits=3, seed=5, stratify_by=column).splits(meta)
+        for split, (train, test) in enumerate(splits):
+            np.testing.assert_array_equal(train, recipe(column, 5, split))
+            np.testing.assert_array_equal(test, np.setdiff1d(np.arange(len(meta)), train))
+    by_object = get_protocol("paper", stratify_by="object_name").splits(meta)[0][1]
+    by_category = get_protocol("paper").splits(meta)[0][1]
+    assert not np.array_equal(by_object, by_category)
+    assert (meta.iloc[by_object]["object_name"].value_counts() == 1).all()  # 3 images of each object: 2/1
+
+
+def test_none_draws_plain_seeded_random_splits():
+    meta = pd.DataFrame({"image": range(40)})  # no category column at all
+    splits = get_protocol("paper", stratify_by="none", n_splits=2, seed=3).splits(meta)
+    rng = np.random.default_rng([3, 0])
+    expected_train = np.sort(rng.permutation(40)[:30])
+    np.testing.assert_array_equal(splits[0][0], expected_train)
+    assert len(splits[0][1]) == 10 and not np.array_equal(splits[0][1], splits[1][1])
