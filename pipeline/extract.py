@@ -170,18 +170,20 @@ def _grams_in_memory(model, stimuli, preprocessing, widths, key, cache_dir, batc
     pending = {layer: None for layer in todo}  # partial sums of layers split over several passes
     remaining = {layer: sum(1 for p in passes for s in p if s.layer == layer) for layer in todo}
     ranges = batch_ranges(n, batch_size)
+    seconds: dict[str, float] = {"forward": 0.0, "gram": 0.0}
     bar = tqdm(total=len(passes) * len(ranges), desc="activations -> Grams", unit="batch", disable=not progress)
     for slices in passes:
         batches = ((ranges[b], pixels) for b, pixels in
                    iter_pixel_batches(stimuli, preprocessing, batch_size, num_workers=num_workers))
-        for piece, partial in run_pass(model, slices, _progress(batches, bar), n, device,
-                                       lambda pixels: normalize(pixels.to(device, non_blocking=True), preprocessing)):
+        to_input = lambda pixels: normalize(pixels.to(device, non_blocking=True), preprocessing)  # noqa: E731
+        for piece, partial in run_pass(model, slices, _progress(batches, bar), n, device, to_input, seconds):
             pending[piece.layer] = partial if pending[piece.layer] is None else pending[piece.layer] + partial
             remaining[piece.layer] -= 1
             if remaining[piece.layer] == 0:
                 save_gram(gram_file(cache_dir, key, piece.layer), pending.pop(piece.layer))
     bar.close()
-    return {"memory_budget": int(budget), "forward_passes": len(passes), "activations_kept": False}
+    return {"memory_budget": int(budget), "forward_passes": len(passes), "activations_kept": False,
+            "seconds": {stage: round(value, 3) for stage, value in seconds.items()}}
 
 
 def _grams_from_file(model, stimuli, preprocessing, widths, key, cache_dir, batch_size, device, num_workers,

@@ -23,6 +23,7 @@ from typing import Any, Mapping
 
 import numpy as np
 import pandas as pd
+import torch
 import xarray as xr
 
 from .gram import gram as features_gram
@@ -143,12 +144,13 @@ def plan_fits(assembly: xr.DataArray, protocol: str | Protocol = "paper", *, n_s
 
 
 def fit(plan: FitPlan, region: str, *, gram: np.ndarray | None = None, features=None,
-        splits=None) -> dict[tuple[str, int], np.ndarray]:
+        splits=None, device=None) -> dict[tuple[str, int], np.ndarray]:
     """Fit one region on the training rows of some splits and predict their test rows.
 
     gram: (n, n) uncentred ``X X^T`` in plan row order; or features: (n, p) array-like in plan row order
         (required by the ``pls-sklearn-default`` regression, which works in feature space).
-    splits: split indices (default: all). Returns {(region, split): predictions (n_test, n_region_sites)}.
+    splits: split indices (default: all). device: where the exact PLS runs (torch float64; default CPU).
+    Returns {(region, split): predictions (n_test, n_region_sites)}.
     """
     n = len(plan.responses["stimulus_id"])
     Y = plan.targets(region)
@@ -166,10 +168,11 @@ def fit(plan: FitPlan, region: str, *, gram: np.ndarray | None = None, features=
         if features is None:
             raise ValueError("fit: pass gram= or features=")
         gram = features_gram(features)
-    gram = np.asarray(gram, dtype=np.float64)
-    if gram.shape != (n, n):
-        raise ValueError(f"fit: the Gram matrix is {gram.shape}; the plan has {n} stimuli, so it must be ({n}, {n})")
-    if not np.isfinite(gram).all():
+    gram = torch.as_tensor(gram, dtype=torch.float64, device=device)  # moved once for every split
+    if tuple(gram.shape) != (n, n):
+        raise ValueError(f"fit: the Gram matrix is {tuple(gram.shape)}; the plan has {n} stimuli, so it must be "
+                         f"({n}, {n})")
+    if not bool(torch.isfinite(gram).all()):
         raise ValueError("fit: the Gram matrix contains NaN or inf (non-finite activations)")
     return {(str(region), int(s)): fit_predict_gram(gram, Y, *plan.splits[s], plan.n_components)
             for s in _split_indices(plan, splits)}

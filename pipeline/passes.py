@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import time
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -155,21 +156,35 @@ class SliceRecorder:
 
 
 def run_pass(model: nn.Module, slices: Sequence[Slice], batches, n_stimuli: int, device: torch.device,
-             to_input: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[tuple[Slice, np.ndarray]]:
+             to_input: Callable[[torch.Tensor], torch.Tensor],
+             seconds: dict[str, float] | None = None) -> Iterator[tuple[Slice, np.ndarray]]:
     """Fill the buffers of ``slices`` from every batch, then yield each slice's Gram (n, n) float64,
     dropping its buffer as soon as its Gram is formed.
 
     batches: iterable of (row range, uint8 pixels); to_input: pixels -> normalised network input on device.
+    seconds: if given, wall time is added to its "forward" (decoding included) and "gram" entries.
     """
+    seconds = seconds if seconds is not None else {}
+    started = time.perf_counter()
     with SliceRecorder(model, slices, n_stimuli, device) as recorder, torch.no_grad():
         for rows, pixels in batches:
             recorder.run(lambda: model(to_input(pixels)), slice(rows.start, rows.stop))
+    _synchronize(device)
+    seconds["forward"] = seconds.get("forward", 0.0) + time.perf_counter() - started
     for piece in slices:
         buffer = recorder.buffers.pop(piece)
         if not torch.isfinite(buffer).all():
             raise NonFiniteActivations(piece.layer)
-        yield piece, gram(buffer, device=device)
+        started = time.perf_counter()
+        result = gram(buffer, device=device)
+        seconds["gram"] = seconds.get("gram", 0.0) + time.perf_counter() - started
         del buffer
+        yield piece, result
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def _available_ram() -> int:

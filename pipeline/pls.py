@@ -30,12 +30,13 @@ checked against ``PLSRegression`` in one line and dropped into sklearn tooling.
 from __future__ import annotations
 
 import numpy as np
+import torch
 from scipy.linalg import eigh
 from sklearn.base import BaseEstimator, RegressorMixin
 
 from .gram import column_mean, gram
 
-__all__ = ["KernelPLS", "center_gram", "fit_predict_gram"]
+__all__ = ["KernelPLS", "center_gram", "fit_predict_gram", "kernel_nipals"]
 
 
 # --------------------------------------------------------------------------- Gram helpers
@@ -132,8 +133,11 @@ class KernelPLS(RegressorMixin, BaseEstimator):
         return pred.ravel() if self._predict_1d else pred
 
     # ------------------------------------------------------------------ Gram API
-    def fit_gram(self, K_train, Y):
-        """K_train: (n, n) uncentred ``X X^T`` of the training rows; Y: (n, q). Returns self."""
+    def fit_gram(self, K_train, Y, device=None):
+        """K_train: (n, n) uncentred ``X X^T`` of the training rows; Y: (n, q). Returns self.
+
+        device: where the kernel NIPALS runs (torch, float64; default CPU).
+        """
         K_train = np.asarray(K_train, dtype=np.float64)
         if K_train.ndim != 2 or K_train.shape[0] != K_train.shape[1]:
             raise ValueError(f"KernelPLS.fit_gram: K_train must be square (n, n), got {K_train.shape}")
@@ -144,7 +148,7 @@ class KernelPLS(RegressorMixin, BaseEstimator):
         self._K_col_mean = K_train.mean(axis=0)
         self._K_grand = self._K_col_mean.mean()
         Kc, _ = center_gram(K_train)
-        self._fit_centered_gram(Kc, Y)
+        self._fit_centered_gram(Kc, Y, device)
         return self
 
     def predict_gram(self, K_test_train):
@@ -160,48 +164,13 @@ class KernelPLS(RegressorMixin, BaseEstimator):
         return pred.ravel() if self._predict_1d else pred
 
     # ------------------------------------------------------------------ solvers
-    def _fit_centered_gram(self, Kc: np.ndarray, Y: np.ndarray) -> None:
-        """Kernel NIPALS with exact eigen solves. Kc: (n, n) centred; Y: (n, q) raw.
-
-        With Q the orthonormal scores so far and P = I - Q Q^T, component k needs the dominant
-        eigenvector c of M = Y^T P K P Y (q, q). Expanding P gives
-        M = A - B^T C - C^T B + B^T D B with A = Y^T K Y, B = Q^T Y, C = (K Q)^T Y, D = Q^T K Q,
-        all small, so a component costs two (n, n) matrix-vector products; the only O(n^2 q) work
-        is K Y, once.
-        """
-        n = Kc.shape[0]
+    def _fit_centered_gram(self, Kc: np.ndarray, Y: np.ndarray, device=None) -> None:
+        """Kernel NIPALS (:func:`kernel_nipals`) on a centred Gram Kc (n, n) and raw targets Y (n, q)."""
         self.y_mean_ = Y.mean(axis=0)
-        Yc = Y - self.y_mean_
-        KY = Kc @ Yc
-        A = Yc.T @ KY
-        A = (A + A.T) / 2
-        T, KT, U = [], [], []                          # unit scores, Kc @ scores, y-scores
-        B = np.zeros((0, Yc.shape[1]))                 # T^T Yc
-        C = np.zeros((0, Yc.shape[1]))                 # (Kc T)^T Yc
-        D = np.zeros((0, 0))                           # T^T Kc T
-        scale = np.linalg.norm(KY) + np.finfo(float).tiny
-        for _ in range(self.n_components):
-            BtC = B.T @ C
-            M = A - BtC - BtC.T + B.T @ (D @ B)
-            c = _dominant_eigenvector((M + M.T) / 2)
-            u = _deflate(Yc @ c, T)                                   # y-score Y_k c
-            t = _deflate(Kc @ u, T)                                   # P K P Y c = K_k Y_k c
-            t = _deflate(t, T)                                        # re-orthogonalise (rounding)
-            norm = np.linalg.norm(t)
-            if norm <= 1e-12 * scale:                                 # X or Y residual exhausted
-                break
-            t /= norm
-            Kt = Kc @ t
-            cross = np.array([kt_j @ t for kt_j in KT])               # (K t_j)^T t = T^T K t
-            D = np.block([[D, cross[:, None]], [cross[None, :], np.array([[Kt @ t]])]])
-            B = np.vstack([B, t @ Yc])
-            C = np.vstack([C, Kt @ Yc])
-            T.append(t), KT.append(Kt), U.append(u)
-        self.n_components_ = len(T)
-        T, KT, U = (np.array(v).T.reshape(n, -1) for v in (T, KT, U))
-        # dual coefficients: Y_hat = Kc_test U (T^T Kc U)^{-1} T^T Yc   (T^T Kc = (Kc T)^T)
-        self.dual_coef_ = U @ np.linalg.solve(KT.T @ U, B)
-        self.x_scores_ = T
+        dual, scores = kernel_nipals(torch.as_tensor(Kc, device=device),
+                                     torch.as_tensor(Y - self.y_mean_, device=device), self.n_components)
+        self.dual_coef_, self.x_scores_ = dual.cpu().numpy(), scores.cpu().numpy()
+        self.n_components_ = scores.shape[1]
 
     def _fit_primal(self, Xc: np.ndarray, Y: np.ndarray) -> None:
         """sklearn's NIPALS in feature space with the exact eigen solve. Xc: (n, p) centred.
@@ -238,13 +207,72 @@ class KernelPLS(RegressorMixin, BaseEstimator):
         self.coef_ = rotations @ Q.T                                  # (p, q)
 
 
-def fit_predict_gram(K, Y, train_idx, test_idx, n_components: int = 25) -> np.ndarray:
+def kernel_nipals(Kc: torch.Tensor, Yc: torch.Tensor, n_components: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Kernel NIPALS with exact eigen solves, in float64 on Kc's device. Kc: (n, n) centred Gram of the
+    training rows; Yc: (n, q) centred targets. Returns (dual coefficients (n, q), unit scores (n, k)), k the
+    components extracted (fewer than n_components when the deflated X or Y is exhausted).
+
+    With T the orthonormal scores so far and P = I - T T^T, component k needs the dominant eigenvector c of
+    M = Y^T P K P Y (q, q). Expanding P gives M = A - B^T C - C^T B + B^T D B with A = Y^T K Y, B = T^T Y,
+    C = (K T)^T Y, D = T^T K T, all small, so a component costs two (n, n) matrix-vector products; the only
+    O(n^2 q) work is K Y, once. Predictions: Kc_test U (T^T Kc U)^{-1} T^T Yc (U: the y-scores).
+    """
+    Kc, Yc = Kc.to(torch.float64), Yc.to(torch.float64)
+    n, q = Yc.shape
+    KY = Kc @ Yc
+    A = Yc.T @ KY
+    A = (A + A.T) / 2
+    T, KT, U = (Kc.new_zeros((n, n_components)) for _ in range(3))     # unit scores, Kc @ scores, y-scores
+    B, C = Kc.new_zeros((n_components, q)), Kc.new_zeros((n_components, q))  # T^T Yc, (Kc T)^T Yc
+    D = Kc.new_zeros((n_components, n_components))                       # T^T Kc T
+    scale = float(torch.linalg.norm(KY)) + np.finfo(float).tiny
+    k = 0
+    for _ in range(n_components):
+        BtC = B[:k].T @ C[:k]
+        M = A - BtC - BtC.T + B[:k].T @ (D[:k, :k] @ B[:k])
+        c = torch.linalg.eigh((M + M.T) / 2).eigenvectors[:, -1]
+        u = _project_out(Yc @ c, T[:, :k])                             # y-score Y_k c
+        t = _project_out(_project_out(Kc @ u, T[:, :k]), T[:, :k])      # K_k Y_k c, twice: rounding
+        norm = float(torch.linalg.norm(t))
+        if norm <= 1e-12 * scale:                                      # X or Y residual exhausted
+            break
+        t = t / norm
+        Kt = Kc @ t
+        cross = KT[:, :k].T @ t                                        # (K t_j)^T t = T^T K t
+        D[k, :k], D[:k, k], D[k, k] = cross, cross, Kt @ t
+        B[k], C[k] = t @ Yc, Kt @ Yc
+        T[:, k], KT[:, k], U[:, k] = t, Kt, u
+        k += 1
+    T, KT, U, B = T[:, :k], KT[:, :k], U[:, :k], B[:k]
+    return U @ torch.linalg.solve(KT.T @ U, B), T
+
+
+def fit_predict_gram(K, Y, train_idx, test_idx, n_components: int = 25, device=None) -> np.ndarray:
     """Fit on the train rows of a full Gram matrix and predict the test rows.
 
-    K: (n, n) uncentred Gram of all stimuli; Y: (n, q); indices into both. Returns (m, q).
+    K: (n, n) uncentred Gram of all stimuli (numpy or a torch tensor, e.g. already on the GPU); Y: (n, q);
+    indices into both. device: where the fit runs (default: K's device for a tensor, else the CPU).
+    Returns (m, q) numpy.
     """
-    pls = KernelPLS(n_components).fit_gram(K[np.ix_(train_idx, train_idx)], Y[train_idx])
-    return pls.predict_gram(K[np.ix_(test_idx, train_idx)])
+    K = torch.as_tensor(K, dtype=torch.float64, device=device)
+    train = torch.as_tensor(np.asarray(train_idx), device=K.device)
+    test = torch.as_tensor(np.asarray(test_idx), device=K.device)
+    K_train = K.index_select(0, train).index_select(1, train)
+    K_test = K.index_select(0, test).index_select(1, train)
+    col_mean = K_train.mean(dim=0)
+    grand = col_mean.mean()
+    Kc = K_train - col_mean[None, :] - col_mean[:, None] + grand
+    Kc_test = K_test - K_test.mean(dim=1, keepdim=True) - col_mean[None, :] + grand
+    Y = torch.as_tensor(np.asarray(Y, dtype=np.float64), device=K.device)
+    Y_train = Y.index_select(0, train)
+    y_mean = Y_train.mean(dim=0)
+    dual, _ = kernel_nipals(Kc, Y_train - y_mean, n_components)
+    return (Kc_test @ dual + y_mean).cpu().numpy()
+
+
+def _project_out(v: torch.Tensor, T: torch.Tensor) -> torch.Tensor:
+    """v minus its projection on the orthonormal columns of T (n, k)."""
+    return v - T @ (T.T @ v) if T.shape[1] else v
 
 
 # --------------------------------------------------------------------------- small helpers

@@ -10,6 +10,7 @@ import numpy as np
 import xarray as xr
 
 from .gram import gram as features_gram
+from .gram import resolve_device
 from .metric import FitPlan, fit, plan_fits, score_predictions
 from .protocols import Protocol
 
@@ -34,13 +35,14 @@ def fit_scores(features_by_layer, assembly: xr.DataArray, protocol: str | Protoc
     """
     plan = plan_fits(assembly, protocol, n_splits=n_splits, seed=seed, n_components=n_components,
                      regression=regression, trials=trials, select_on=select_on, score_on=score_on, dataset=dataset)
+    device = resolve_device(device)  # Grams and PLS fits both run there: CUDA when present by default
     layers, data_for = _layer_source(features_by_layer, stimulus_ids, plan, device)
     predictions = {}
     for layer in layers:
         data = data_for(layer)
         predictions[layer] = {}
         for region in plan.regions:
-            predictions[layer].update(fit(plan, region, **data))
+            predictions[layer].update(fit(plan, region, device=device, **data))
     return score_predictions(plan, predictions, checkpoint=checkpoint, ceiling_formula=ceiling_formula)
 
 

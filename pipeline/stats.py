@@ -18,6 +18,7 @@ per-site differences ``d_s = r_A(s) - r_ref(s)`` are summarised by their median 
 from __future__ import annotations
 
 import itertools
+import warnings
 from math import comb
 
 import numpy as np
@@ -84,7 +85,9 @@ def bootstrap_interval(delta_boot: np.ndarray, rng: np.random.Generator, n_resam
     n_boot, n_sites = delta_boot.shape
     replicate = rng.integers(0, n_boot, size=n_resamples)
     sites = rng.integers(0, n_sites, size=(n_resamples, n_sites))
-    medians = np.nanmedian(delta_boot[replicate[:, None], sites], axis=1)
+    with warnings.catch_warnings():  # a draw where every site is undefined has no median: dropped below
+        warnings.simplefilter("ignore", RuntimeWarning)
+        medians = np.nanmedian(delta_boot[replicate[:, None], sites], axis=1)
     medians = medians[np.isfinite(medians)]
     if medians.size == 0:
         return np.nan, np.nan
