@@ -23,7 +23,6 @@ import warnings
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
@@ -31,8 +30,8 @@ from tqdm.auto import tqdm
 from models import weights_sha256
 
 from .activation_file import FORMAT, VERSION, ActivationFile, write_activations
+from .gram import NonFiniteFeatures, resolve_device
 from .gram import gram as features_gram
-from .gram import resolve_device
 from .layers import evaluating_on, resolve_layers
 from .passes import NonFiniteActivations, default_memory_budget, layer_widths, plan_passes, run_pass
 from .preprocess import Preprocessing, batch_ranges, iter_pixel_batches, load_pixels, normalize
@@ -197,10 +196,10 @@ def _grams_from_file(model, stimuli, preprocessing, widths, key, cache_dir, batc
     for layer in widths:
         target = gram_file(cache_dir, key, layer)
         if not target.is_file():
-            features = activations.features(layer)
-            if not all(np.isfinite(features[start:start + 256]).all() for start in range(0, features.shape[0], 256)):
-                raise NonFiniteActivations(layer)
-            save_gram(target, features_gram(features, device=device))
+            try:
+                save_gram(target, features_gram(activations.features(layer), device=device))
+            except NonFiniteFeatures:
+                raise NonFiniteActivations(layer) from None
     return {"forward_passes": 1, "activations_kept": True}
 
 

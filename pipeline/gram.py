@@ -14,9 +14,13 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
-__all__ = ["gram", "column_mean", "resolve_device", "PANEL_BYTES"]
+__all__ = ["gram", "column_mean", "resolve_device", "PANEL_BYTES", "NonFiniteFeatures"]
 
 PANEL_BYTES = 256 * 2**20  # float32 bytes of X held per panel: bounds the memory of a Gram
+
+
+class NonFiniteFeatures(ValueError):
+    """The features hold NaN or inf (found in their Gram matrix: any such value makes its row's entries so)."""
 
 
 def resolve_device(device=None) -> torch.device:
@@ -53,7 +57,7 @@ def gram(X, *, device=None, center: np.ndarray | None = None, panel_bytes: int =
             result.addmm_(x, x.T)
     out = result.cpu().numpy()
     if not np.isfinite(out).all():
-        raise ValueError("gram: the features contain NaN or inf")
+        raise NonFiniteFeatures("gram: the features contain NaN or inf")
     return out
 
 

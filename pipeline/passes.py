@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .gram import PANEL_BYTES, gram
+from .gram import PANEL_BYTES, NonFiniteFeatures, gram
 from .layers import LayerRecorder
 
 __all__ = ["Slice", "plan_passes", "default_memory_budget", "layer_widths", "run_pass", "BUDGET_FRACTION",
@@ -173,10 +173,11 @@ def run_pass(model: nn.Module, slices: Sequence[Slice], batches, n_stimuli: int,
     seconds["forward"] = seconds.get("forward", 0.0) + time.perf_counter() - started
     for piece in slices:
         buffer = recorder.buffers.pop(piece)
-        if not torch.isfinite(buffer).all():
-            raise NonFiniteActivations(piece.layer)
         started = time.perf_counter()
-        result = gram(buffer, device=device)
+        try:  # the Gram shows a NaN or inf anywhere in the buffer, without a full-size temporary to find it
+            result = gram(buffer, device=device)
+        except NonFiniteFeatures:
+            raise NonFiniteActivations(piece.layer) from None
         seconds["gram"] = seconds.get("gram", 0.0) + time.perf_counter() - started
         del buffer
         yield piece, result
