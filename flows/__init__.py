@@ -1,4 +1,5 @@
 """Prefect flows and deployments, and the `neuralign` command line.
 
-Importing this package does not import Prefect; only `flows.flows` and `flows.serve` do.
+Importing this package does not import Prefect; only `flows.workflows`, `flows.tasks` and `flows.serve` do
+(and `flows.artifacts.publish`, when it runs).
 """

@@ -14,7 +14,9 @@ sha256, ...) that tasks pass around; ``load_model`` rebuilds the network from it
 from __future__ import annotations
 
 import functools
+import json
 import os
+import threading
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
@@ -35,6 +37,14 @@ RANDOM_OPTIONS = {"width": float, "small_input": "bool", "num_classes": int, "se
 SYNTHETIC_TRAINING = "builtin:synthetic"
 # The built-in training set: neural_data.synth.training_set(n_per_class, image_size, seed).
 TRAINING_SET: dict[str, Any] = {"n_per_class": 100, "val_per_class": 25, "seed": 0}
+
+
+# Building a network draws its initial weights from torch's global generator, and `models.random_init` and
+# training seed that generator: two threads doing either at once (the flows' thread task runner resolves and
+# extracts several checkpoints at once) would interleave their draws and change each other's weights, so a
+# seeded "random:" baseline would differ from run to run. Every construction and training of this module
+# holds this lock.
+TORCH_RNG = threading.RLock()
 
 
 class CheckpointSpecError(ValueError):
@@ -85,7 +95,10 @@ def parse_torchvision(spec: str) -> tuple[str, Path]:
 
 
 def check(spec: str, training: dict | None = None) -> None:
-    """Fail fast, before any work, on a spec that can never resolve (reads only metadata, trains nothing)."""
+    """Fail fast, before any work, on a spec that can never resolve: its form, the names in it (architecture,
+    rule, preset, options), that its file exists, and the training settings of a rule. Reads no weights and
+    trains nothing: what a file holds (readable, weights matching their recorded sha256, a sidecar that
+    agrees) is that checkpoint's own work in `resolve`, and a bad file fails only its own checkpoint."""
     kind = kind_of(spec)
     if kind == "random":
         parse_random(spec)
@@ -93,18 +106,57 @@ def check(spec: str, training: dict | None = None) -> None:
         parse_torchvision(spec)
     elif kind == "file":
         _checkpoint_file(spec)
-        model_checkpoints.checkpoint_metadata(Path(spec).expanduser())
     else:
         training_config(spec, training)
+
+
+def name_of(spec: str) -> str:
+    """The checkpoint's name in reports, known before it is resolved (so a failed one is named too)."""
+    spec = str(spec).strip()
+    kind = kind_of(spec)
+    if kind == "torchvision":
+        arch, _, path = spec[len(TORCHVISION_PREFIX):].partition("=")
+        return f"torchvision-{arch}-{Path(path).stem}"
+    if kind == "file":
+        return _file_name(Path(spec).expanduser().resolve())
+    return spec
+
+
+def architecture(spec: str, training: dict | None = None) -> tuple[str, dict[str, Any]] | None:
+    """(arch, build_model keyword arguments) of a spec, read without loading weights or training, or None
+    when only the checkpoint file can tell (no readable sidecar)."""
+    kind = kind_of(spec)
+    if kind == "random":
+        arch, options = parse_random(spec)
+        return arch, {key: value for key, value in options.items() if key != "seed"}
+    if kind == "torchvision":
+        return parse_torchvision(spec)[0], {}
+    if kind == "trained":
+        config = training_config(spec, training)
+        return config.arch, {"width": config.width, "small_input": config.small_input,
+                             "num_classes": config.num_classes or 1000}
+    try:
+        meta = json.loads(model_checkpoints.metadata_path(_checkpoint_file(spec)).read_text())
+        config = meta.get("config") or {}
+        arch = meta.get("arch") or config["arch"]
+        return arch, {"width": meta.get("width", config.get("width", 1.0)),
+                      "small_input": meta.get("small_input", config.get("small_input", False)),
+                      "num_classes": meta.get("num_classes") or config.get("num_classes") or 1000}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None  # its own resolve says what is wrong with the file
 
 
 def resolve(spec: str, work: str | os.PathLike | None = None, *, training: dict | None = None,
             training_set: dict | None = None, progress: bool = False) -> dict[str, Any]:
     """The reference of a checkpoint spec: metadata plus what it takes to rebuild the model.
 
-    Trained specs are trained (or reused) here; nothing else runs a network.
+    Trained specs are trained (or reused) here; nothing else runs a network. Thread-safe (see TORCH_RNG).
     """
-    spec = str(spec).strip()
+    with TORCH_RNG:
+        return _resolve(str(spec).strip(), work, training, training_set, progress)
+
+
+def _resolve(spec: str, work, training: dict | None, training_set: dict | None, progress: bool) -> dict[str, Any]:
     kind = kind_of(spec)
     if kind == "random":
         arch, options = parse_random(spec)
@@ -113,7 +165,7 @@ def resolve(spec: str, work: str | os.PathLike | None = None, *, training: dict 
     if kind == "torchvision":
         arch, path = parse_torchvision(spec)
         _, meta = model_checkpoints.load_torchvision(path, arch)
-        return _reference(spec, kind, path, meta, name=f"torchvision-{arch}-{path.stem}", options={"arch": arch})
+        return _reference(spec, kind, path, meta, name=name_of(spec), options={"arch": arch})
     if kind == "file":
         path = _checkpoint_file(spec)
         return _reference(spec, kind, path, model_checkpoints.checkpoint_metadata(path), name=_file_name(path))
@@ -122,7 +174,12 @@ def resolve(spec: str, work: str | os.PathLike | None = None, *, training: dict 
 
 
 def load_model(reference: dict[str, Any]):
-    """The network of a reference from :func:`resolve`, in eval mode, on the CPU."""
+    """The network of a reference from :func:`resolve`, in eval mode, on the CPU. Thread-safe (see TORCH_RNG)."""
+    with TORCH_RNG:
+        return _load_model(reference)
+
+
+def _load_model(reference: dict[str, Any]):
     kind, path = reference["kind"], reference.get("path")
     if kind == "random":
         model, _ = models.random_init(reference["arch"], **reference["options"])

@@ -45,7 +45,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def message(error: BaseException) -> str:
     """The error's text, without the quotes KeyError puts around it."""
-    return str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
+    from flows.workspace import error_text
+
+    return error_text(error)
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ def add_commands(subparsers) -> None:
 
 def list_command(args: argparse.Namespace) -> int:
     import neural_data
+    from flows.workspace import error_text
     from neural_data.errors import DataNotAvailableError
 
     for name in neural_data.list_datasets():
@@ -39,10 +40,10 @@ def list_command(args: argparse.Namespace) -> int:
         try:
             dataset = neural_data.load(name)
         except DataNotAvailableError as error:
-            print(f"{name}: {description}\n    data not available here: {error}")
+            print(f"{name}: {description}\n    data not available here: {error_text(error)}")
             continue
         except (ValueError, LookupError, OSError) as error:
-            print(f"{name}: {description}\n    cannot be loaded: {error}")
+            print(f"{name}: {description}\n    cannot be loaded: {error_text(error)}")
             continue
         print(f"{name}: {description}\n    {dataset.summary()}\n    id {dataset.identifier}")
     return 0
@@ -67,10 +68,13 @@ def check_report(path: str, result: FolderCheck) -> list[str]:
 
 
 def dataset_lines(dataset: NeuralDataset) -> list[str]:
-    """What a loadable dataset offers, one indented line per fact: its summary, identifier and
-    stratification; facts about fitting it (e.g. the fit protocols it supports) belong here too."""
+    """What a loadable dataset offers, one indented line per fact: its summary, identifier, stratification,
+    and the fit protocols it supports (for each that it does not, why)."""
+    from flows.support import protocol_lines
+
     stratified = dataset.stratify_column or "none (train/test splits are not stratified)"
-    return [f"  {dataset.summary()}", f"  id {dataset.identifier}", f"  stratify_by: {stratified}"]
+    return ([f"  {dataset.summary()}", f"  id {dataset.identifier}", f"  stratify_by: {stratified}",
+             "  fit protocols:"] + [f"    {line}" for line in protocol_lines(dataset)])
 
 
 def _listed(header: str, items: list[str]) -> list[str]:

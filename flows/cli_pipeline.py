@@ -17,7 +17,9 @@ def add_commands(subparsers) -> None:
         description="Extract every checkpoint's layers on the dataset's images, fit PLS to each region "
                     "with the protocol's splits, and write the report folder (scores.nc, summary.csv, ...). "
                     "Defaults are the paper's measurement: each checkpoint's own input size (224 px for "
-                    "ImageNet ResNets), 25 PLS components, 10 splits of 75/25 within each category.",
+                    "ImageNet ResNets), 25 PLS components, 10 splits of 75/25 within each category. Every "
+                    "argument is checked before any compute. Each checkpoint succeeds or fails on its own: a "
+                    "failed one is listed in the report with its reason, and the exit status is then 1.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     fit.add_argument("--checkpoint", action="append", required=True, metavar="CKPT",
@@ -30,7 +32,9 @@ def add_commands(subparsers) -> None:
                      help="a Brain-Score benchmark, e.g. MajajHong2015public.IT-pls or MajajHong2015public.V4-pls: "
                           "sets the dataset, the brainscore protocol, its ceiling and formula, and writes "
                           "benchmark.json with the region's raw score, ceiling and ceiled score under Brain-Score's names")
-    fit.add_argument("--out", required=True, metavar="DIR", help="report folder")
+    fit.add_argument("--out", required=True, metavar="DIR",
+                     help="report folder (new or empty; an earlier run's folder only with --overwrite)")
+    fit.add_argument("--overwrite", action="store_true", help="write over the report in a non-empty --out folder")
     fit.add_argument("--protocol", default="paper", choices=["paper", "brainscore"],
                      help="split and aggregation (--benchmark sets brainscore)")
     fit.add_argument("--splits", type=int, default=None, metavar="N",
@@ -49,27 +53,35 @@ def add_commands(subparsers) -> None:
     fit.add_argument("--training", type=_json_object, default=None, metavar="JSON",
                      help="training settings for rule/preset checkpoints, e.g. '{\"epochs\": 3, \"width\": 0.25}'")
     fit.add_argument("--work", default=None, help="work folder (default: $NEURALIGN_WORK or ./work)")
+    _add_statistics_options(fit)
     fit.set_defaults(handler=_fit)
 
     compare = subparsers.add_parser(
         "compare",
         help="merge finished fit reports into one comparison report",
-        description="Merge the report folders of finished `fit` runs (or neural-fit flow runs) into one.",
+        description="Merge the report folders of finished `fit` runs (or neural-fit flow runs) into one, with "
+                    "the statistics of every checkpoint against --reference.",
     )
     compare.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="report folders of finished runs")
-    compare.add_argument("--out", required=True, metavar="DIR", help="comparison report folder")
+    compare.add_argument("--out", required=True, metavar="DIR",
+                         help="comparison report folder (new or empty; a non-empty one only with --overwrite)")
+    compare.add_argument("--overwrite", action="store_true", help="write over the report in a non-empty --out folder")
+    _add_statistics_options(compare)
     compare.set_defaults(handler=_compare)
+
+
+def _add_statistics_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--reference", default="bp", metavar="NAME_OR_RULE",
+                        help="the checkpoint (or rule) every other one is compared with in the Statistics section")
+    parser.add_argument("--group-by", default=None, choices=["rule"],
+                        help="pool checkpoints of the same rule (seeds) in the statistics")
 
 
 def parse_layers(text: str):
     """'default' / 'all' stay names; 'a,b' becomes a list of module names."""
-    text = text.strip()
-    if text in ("default", "all"):
-        return text
-    layers = [name.strip() for name in text.split(",") if name.strip()]
-    if not layers:
-        raise ValueError(f"--layers: expected 'default', 'all' or comma-separated module names, got {text!r}")
-    return layers
+    from flows.preflight import normalize_layers
+
+    return normalize_layers(text)
 
 
 def _json_object(text: str) -> dict:
@@ -83,6 +95,9 @@ def _json_object(text: str) -> dict:
 
 
 def _fit(args) -> int:
+    """Exit 0 when every checkpoint was scored; 1 when some failed (the report lists them with their reason)."""
+    import sys
+
     from flows import steps
 
     dataset, protocol, benchmark = _benchmark_settings(args)
@@ -91,17 +106,21 @@ def _fit(args) -> int:
         options["n_splits"] = args.splits
     if args.seed is not None:
         options["seed"] = args.seed
-    report = steps.run_fit(
+    run = steps.run_fit(
         args.checkpoint, dataset, protocol=protocol, layers=parse_layers(args.layers), out=args.out,
-        device=args.device, data_root=args.data_root, work=args.work, protocol_options=options,
-        training=args.training, extraction={"image_size": args.image_size, "batch_size": args.batch_size},
-        progress=True,
+        overwrite=args.overwrite, device=args.device, data_root=args.data_root, work=args.work,
+        protocol_options=options, training=args.training,
+        extraction={"image_size": args.image_size, "batch_size": args.batch_size},
+        reference=args.reference, group_by=args.group_by, progress=True,
     )
-    print(f"report: {report}")
-    if benchmark:
+    print(f"report: {run.out}")
+    if benchmark and (run.out / "scores.nc").is_file():
         from pipeline.benchmarks import write_benchmark_summary
 
-        print(f"benchmark {benchmark.identifier}: {write_benchmark_summary(report, benchmark)}")
+        print(f"benchmark {benchmark.identifier}: {write_benchmark_summary(run.out, benchmark)}")
+    if run.failed:
+        print(f"neuralign fit: {run.failure_message()}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -128,5 +147,7 @@ def _benchmark_settings(args):
 def _compare(args) -> int:
     from flows import steps
 
-    print(f"report: {steps.compare_runs(args.run_dirs, args.out)}")
+    out = steps.compare_runs(args.run_dirs, args.out, reference=args.reference, group_by=args.group_by,
+                             overwrite=args.overwrite)
+    print(f"report: {out}")
     return 0

@@ -33,6 +33,10 @@ DEMO_TRAINING = {"width": 0.25, "small_input": True, "image_size": 32, "epochs":
                  "lr": 0.05, "warmup_epochs": 0.0, "lr_drops": [2.0], "num_workers": 0}
 DEMO_TRAINING_SET = {"n_per_class": 100, "val_per_class": 25, "seed": 0}
 DEMO_DATASET = {"n_images": 320, "n_sites": 40, "reps": 6, "seed": 0, "image_size": 64}
+DEMO_NOTES = ("This default run is a CPU toy on synthetic data: small ResNet-18s trained for a few epochs on "
+              "synthetic object images, scored against a synthetic MajajHong2015-shaped dataset with a planted "
+              "answer. It shows the pipeline, and whether learning raises IT predictivity above the untrained "
+              "network; it does not test the paper's ImageNet claim.")
 # Runs import the flows by module path (`flows.workflows`), as Dask workers unpickle tasks by module name.
 MODULE = EntrypointType.MODULE_PATH
 
@@ -54,6 +58,8 @@ def deployments(work: Path | None = None) -> list:
                 "protocol": "paper",
                 "layers": "default",
                 "out": str(runs / "neural-fit-default"),
+                "overwrite": True,  # the demo reruns into its own folder
+                "notes": [DEMO_NOTES],
                 # Fits on 320 images take milliseconds: one task per (layer, region) keeps Prefect's
                 # per-task overhead (~0.5 s on 2 cores) from dominating.
                 "splits_per_task": 10,
@@ -85,7 +91,7 @@ def deployments(work: Path | None = None) -> list:
         compare.to_deployment(
             name="default",
             description="Merge finished neural-fit report folders into one comparison report.",
-            parameters={"out": str(runs / "compare")},
+            parameters={"out": str(runs / "compare"), "overwrite": True},  # its own folder, like the demo's
             tags=["neuralign"],
             entrypoint_type=MODULE,
         ),

@@ -7,7 +7,9 @@
     score_checkpoint(...)            all predictions of a checkpoint -> scores (pipeline.metric.score_predictions)
     write_outputs(...)               scores + checkpoint references -> report folder (pipeline.report)
 
-`run_fit` chains them in one process; the flow runs the same steps as parallel, cached tasks. Every step
+`prepare_fit` checks every argument, the dataset and the protocol before any of them runs. `run_fit` chains
+them in one process; the flow runs the same steps as parallel, cached tasks. Either way each checkpoint
+succeeds or fails on its own: a failed one is reported with `status` "failed" and its reason. Every step
 rebuilds the fit plan from (dataset reference, protocol) with `plan_for`, so all of them agree on the
 splits and the row order.
 """
@@ -16,21 +18,25 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any, Sequence
 
 from pipeline.extract import extract
 from pipeline.metric import REGRESSIONS, fit, plan_fits, score_predictions
-from pipeline.protocols import get_protocol
+from pipeline.protocols import Protocol, get_protocol
 from pipeline.report import compare, write_report
 from pipeline.store import FeatureStore
 
-from . import checkpoints
+from . import checkpoints, preflight
 from .datasets import dataset_of, prepare_dataset
-from .workspace import work_dir
+from .workspace import error_text, first_line, work_dir
 
 N_COMPONENTS = 25  # PLS components (the paper's and Brain-Score's)
+# Bad input (a message says what to fix); anything else is logged with its traceback.
+USER_ERRORS = (ValueError, LookupError, OSError)
+LOG = logging.getLogger(__name__)
 
 
 def protocol_spec(name: str = "paper", options: dict[str, Any] | None = None,
@@ -41,8 +47,11 @@ def protocol_spec(name: str = "paper", options: dict[str, Any] | None = None,
     options: e.g. {"n_splits": 2, "n_components": 10, "seed": 3}. dataset: a dataset reference; its
     `stratify_by` (from dataset.toml) reaches the paper protocol unless the options set one.
     """
+    if options is not None and not isinstance(options, dict):
+        raise ValueError(f"protocol options: expected a mapping like {{\"n_splits\": 10}}, got {options!r}")
     options = dict(options or {})
-    n_components = int(options.pop("n_components", N_COMPONENTS))
+    _check_option_types(options)
+    n_components = options.pop("n_components", N_COMPONENTS)
     if n_components < 1:
         raise ValueError(f"protocol option 'n_components' must be >= 1, got {n_components}")
     regression = options.pop("regression", "pls")
@@ -52,6 +61,16 @@ def protocol_spec(name: str = "paper", options: dict[str, Any] | None = None,
         options["stratify_by"] = dataset["stratify_by"]  # a column, or "none" for plain random splits
     protocol = get_protocol(name, **options)
     return {**dataclasses.asdict(protocol), "n_components": n_components, "regression": regression}
+
+
+def _check_option_types(options: dict[str, Any]) -> None:
+    """Each protocol option has its field's type (an int where an int is meant, never a bool or a string)."""
+    kinds = {field.name: str(field.type) for field in dataclasses.fields(Protocol)} | {"n_components": "int"}
+    expected = {"int": (int,), "float": (int, float), "str": (str,)}
+    for key, value in options.items():
+        allowed = expected.get(kinds.get(key, ""))
+        if value is not None and allowed and (not isinstance(value, allowed) or isinstance(value, bool)):
+            raise ValueError(f"protocol option {key!r}: expected {kinds[key]}, got {value!r}")
 
 
 @functools.lru_cache(maxsize=4)
@@ -136,52 +155,132 @@ def score_checkpoint(dataset: dict[str, Any], protocol: dict[str, Any], predicti
     return score_predictions(plan_for(dataset, protocol), predictions, checkpoint=checkpoint)
 
 
-def write_outputs(scores: list, references: list[dict[str, Any]], out: str | os.PathLike) -> Path:
-    """Write the report folder of per-checkpoint scores: scores.nc, summary.csv/.json, best_layers.csv,
-    checkpoints.json, report.md/.html, PNG plots."""
-    if not scores:
-        raise ValueError("write_outputs: no scores to report (no checkpoints were given)")
+def failed_reference(spec: str, error: BaseException | str, reference: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The metadata of a checkpoint that has no scores: what is known of it, `status` "failed" and `error`
+    the first line of the reason (what the report and summary.csv show)."""
+    known = reference or {"name": checkpoints.name_of(spec), "spec": spec, "kind": checkpoints.kind_of(spec)}
+    return {**known, "status": "failed", "error": first_line(error)}
+
+
+def failure_message(failed: Sequence[dict[str, Any]], total: int, first: int = 5, width: int = 200) -> str:
+    """'2 of 8 checkpoints failed: fa: NaN or inf activations at layer layer3.1 (...); x: ...' (one line;
+    the first `first` reasons, each cut at `width` characters: the report has them in full)."""
+    reasons = [f"{item['name']}: {_cut(item['error'], width)}" for item in failed]
+    more = f"; and {len(reasons) - first} more (see the report)" if len(reasons) > first else ""
+    return f"{len(failed)} of {total} checkpoints failed: " + "; ".join(reasons[:first]) + more
+
+
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else text[:width - 3].rstrip() + "..."
+
+
+@dataclasses.dataclass
+class FitRun:
+    """What `run_fit` did: the report folder, and the metadata of every checkpoint (failed ones with
+    `status` "failed" and `error`)."""
+
+    out: Path
+    references: list[dict[str, Any]]
+
+    @property
+    def failed(self) -> list[dict[str, Any]]:
+        return [item for item in self.references if item.get("status") == "failed"]
+
+    def failure_message(self) -> str:
+        return failure_message(self.failed, len(self.references)) if self.failed else ""
+
+
+def write_outputs(scores: list, references: list[dict[str, Any]], out: str | os.PathLike, *, plan=None,
+                  overwrite: bool = False, reference: str = "bp", group_by: str | None = None,
+                  notes: str | Sequence[str] | None = None) -> Path:
+    """Write the report folder (pipeline.report.write_report): scores.nc, summary.csv/.json, best_layers.csv,
+    checkpoints.json, report.md/.html, PNG plots, and the statistics against `reference` when they can be
+    computed. Failed checkpoints (`status` "failed", `error`) appear with their reason; `plan` gives the
+    regions and the Method section when none was scored."""
+    if not references:
+        raise ValueError("write_outputs: no checkpoints to report")
     out = Path(out)
-    write_report(list(scores), {reference["name"]: reference for reference in references}, out)
+    notes = [notes] if isinstance(notes, str) else list(notes or ())
+    write_report(list(scores), [dict(item) for item in references], out, reference=reference, group_by=group_by,
+                 notes=notes, overwrite=overwrite, plan=plan)
     return out
 
 
-def compare_runs(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike) -> Path:
-    """One comparison report from finished report folders (pipeline.report.compare)."""
+def compare_runs(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike, *, reference: str = "bp",
+                 group_by: str | None = None, overwrite: bool = False) -> Path:
+    """One comparison report from finished report folders (pipeline.report.compare), its arguments and its
+    output folder checked first."""
+    if not run_dirs:
+        raise ValueError("compare: give at least one run folder")
     missing = [str(run) for run in run_dirs if not Path(run).is_dir()]
     if missing:
         raise FileNotFoundError(f"compare: run folder(s) not found: {', '.join(missing)}")
-    out = Path(out)
-    compare([Path(run) for run in run_dirs], out)
+    preflight.check_statistics(reference, group_by)
+    out = preflight.check_out(out, overwrite)
+    compare([Path(run) for run in run_dirs], out, reference=reference, group_by=group_by, overwrite=overwrite)
     return out
 
 
-def run_fit(specs: Sequence[str], dataset: str, *, protocol: str = "paper", layers: Any = "default",
-            out: str | os.PathLike, device: str | None = None, data_root: str | None = None,
-            work: str | os.PathLike | None = None, protocol_options: dict | None = None,
-            training: dict | None = None, training_set: dict | None = None, synthetic: dict | None = None,
-            extraction: dict | None = None, progress: bool = False) -> Path:
-    """The whole neural fit in this process, in order (what `neuralign fit` runs; the flow runs the same
-    steps as parallel, cached tasks). Returns the report folder."""
-    work = work_dir(work)
-    for spec in specs:
-        checkpoints.check(spec, training)
+def prepare_fit(specs: Sequence[str], dataset: str, *, protocol: str = "paper", protocol_options: dict | None = None,
+                layers: Any = "default", out: str | os.PathLike, overwrite: bool = False, device: str | None = None,
+                data_root: str | None = None, work: str | os.PathLike | None = None, training: dict | None = None,
+                synthetic: dict | None = None, extraction: dict | None = None, reference: str = "bp",
+                group_by: str | None = None, local_device: bool = True) -> dict[str, Any]:
+    """Check every argument before any compute (flows.preflight), then the dataset and the protocol by
+    building the fit plan. Returns {"layers", "out", "dataset", "protocol"} (normalised, JSON-able)."""
+    layers = preflight.check_fit_arguments(specs, layers=layers, training=training, extraction=extraction,
+                                           device=device, reference=reference, group_by=group_by,
+                                           local_device=local_device)
+    out = preflight.check_out(out, overwrite)
     dataset_ref = prepare_dataset(dataset, work, data_root=data_root, synthetic=synthetic)
     protocol_ = protocol_spec(protocol, protocol_options, dataset_ref)
-    plan = plan_for(dataset_ref, protocol_)
+    plan_for(dataset_ref, protocol_)
+    return {"layers": layers, "out": str(out), "dataset": dataset_ref, "protocol": protocol_}
+
+
+def score_reference(reference: dict[str, Any], dataset: dict[str, Any], protocol: dict[str, Any], *, layers: Any,
+                    work: Path, device: str | None = None, extraction: dict | None = None, progress: bool = False):
+    """The scores of one resolved checkpoint: extract, fit every layer and region, score. Records the image size
+    and preprocessing in `reference`."""
+    settings = extraction_settings(reference, extraction, protocol)
+    stored = extract_checkpoint(reference, dataset, layers=layers, device=device, work=work, progress=progress,
+                                **settings)
+    reference.update(image_size=settings["image_size"], preprocessing=stored["preprocessing"])
+    predictions = {}
+    for layer in stored["layers"]:
+        predictions[layer] = {}
+        for region in plan_for(dataset, protocol).regions:
+            predictions[layer].update(fit_layer_region(stored["store"], dataset, layer=layer, region=region,
+                                                       protocol=protocol, splits=range(protocol["n_splits"])))
+    return score_checkpoint(dataset, protocol, predictions, reference["name"])
+
+
+def run_fit(specs: Sequence[str], dataset: str, *, protocol: str = "paper", layers: Any = "default",
+            out: str | os.PathLike, overwrite: bool = False, device: str | None = None,
+            data_root: str | None = None, work: str | os.PathLike | None = None, protocol_options: dict | None = None,
+            training: dict | None = None, training_set: dict | None = None, synthetic: dict | None = None,
+            extraction: dict | None = None, reference: str = "bp", group_by: str | None = None, notes: Any = None,
+            progress: bool = False) -> FitRun:
+    """The whole neural fit in this process, in order (what `neuralign fit` runs; the flow runs the same
+    steps as parallel, cached tasks). Every argument is checked first; then each checkpoint succeeds or
+    fails on its own (a failed one is reported with its reason, the others are scored)."""
+    work = work_dir(work)
+    prepared = prepare_fit(specs, dataset, protocol=protocol, protocol_options=protocol_options, layers=layers,
+                           out=out, overwrite=overwrite, device=device, data_root=data_root, work=work,
+                           training=training, synthetic=synthetic, extraction=extraction, reference=reference,
+                           group_by=group_by)
     references, scores = [], []
     for spec in specs:
-        reference = checkpoints.resolve(spec, work, training=training, training_set=training_set, progress=progress)
-        settings = extraction_settings(reference, extraction, protocol_)
-        stored = extract_checkpoint(reference, dataset_ref, layers=layers, device=device, work=work,
-                                    progress=progress, **settings)
-        reference.update(image_size=settings["image_size"], preprocessing=stored["preprocessing"])
-        predictions = {}
-        for layer in stored["layers"]:
-            predictions[layer] = {}
-            for region in plan.regions:
-                predictions[layer].update(fit_layer_region(stored["store"], dataset_ref, layer=layer, region=region,
-                                                           protocol=protocol_, splits=range(protocol_["n_splits"])))
-        scores.append(score_checkpoint(dataset_ref, protocol_, predictions, reference["name"]))
+        reference = None
+        try:
+            reference = checkpoints.resolve(spec, work, training=training, training_set=training_set, progress=progress)
+            scores.append(score_reference(reference, prepared["dataset"], prepared["protocol"], layers=prepared["layers"],
+                                          work=work, device=device, extraction=extraction, progress=progress))
+        except Exception as error:  # this checkpoint fails on its own; the others are still scored
+            LOG.error("checkpoint %s failed: %s", spec, error_text(error), exc_info=not isinstance(error, USER_ERRORS))
+            references.append(failed_reference(spec, error, reference))
+            continue
         references.append(reference)
-    return write_outputs(scores, references, out)
+    plan = plan_for(prepared["dataset"], prepared["protocol"])
+    return FitRun(write_outputs(scores, references, prepared["out"], plan=plan, overwrite=overwrite,
+                                reference=reference, group_by=group_by, notes=notes), references)

@@ -1,14 +1,19 @@
-"""Prefect flows: `neural-fit`, `train-rule` and `compare`. The only module (with `flows.serve`) that imports Prefect.
+"""Prefect flows: `neural-fit`, `train-rule` and `compare`. With `flows.tasks`, `flows.artifacts` and
+`flows.serve`, the only modules that import Prefect.
 
-The flows are thin: each task calls one function of `flows.steps`, `flows.checkpoints` or `flows.datasets`.
-What Prefect adds:
-- caching of the fits keyed by content (weights sha256, dataset identifier, protocol, layer, region, splits),
-  so a rerun skips finished work and a changed checkpoint recomputes; results persist under
-  `<out>/.task-results`. Extraction is cached by its activation store's own content key (weights, stimuli,
-  preprocessing, layers), which also survives a deleted report folder;
+The flows are thin: each task (flows.tasks) calls one function of `flows.steps`, `flows.checkpoints` or
+`flows.datasets`. What Prefect adds:
+- every argument checked before any compute (`steps.prepare_fit`);
+- caching of the fits keyed by content in `<work>/task-results`, and of the extraction by its activation
+  store's content key, so a rerun (also after the process running the flow was killed) skips finished work;
 - retries for transient failures (never for bad input: those fail at once with the pipeline's message);
 - fan-out of the fits over (checkpoint, layer, region, batch of splits) on a Dask cluster: a local one
   sized to the machine by default, or any `distributed` scheduler (`dask_address` or $NEURALIGN_DASK_ADDRESS);
+- each checkpoint succeeds or fails on its own: a failed one's tasks are Failed, the report lists it with its
+  reason, and the run ends Failed with a message naming the failed checkpoints;
+- the final state's message is the error's first line (Prefect's own would be "Flow run encountered an
+  exception: <type>: <whole text>"), so `prefect flow-run inspect`, the UI and `make neural-fit` show it;
+- artifacts with the latest results under a key per deployment (flows.artifacts);
 - run logs and states in the Prefect server (UI).
 """
 from __future__ import annotations
@@ -17,183 +22,149 @@ import os
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, get_run_logger, task
-from prefect.cache_policies import NO_CACHE
-from prefect.task_runners import ThreadPoolTaskRunner
+from prefect import flow, get_run_logger
+from prefect.runtime import deployment as runtime_deployment
+from prefect.states import Failed
 
+from flows import artifacts, steps
 from flows import checkpoints as checkpoint_specs
-from flows import steps
 from flows.datasets import SYNTHETIC
-from flows.datasets import prepare_dataset as prepare_dataset_ref
-from flows.workspace import digest, work_dir
+from flows.steps import USER_ERRORS
+from flows.tasks import (DASK_ADDRESS_ENV, RESULTS_FOLDER, TRANSIENT, compare_runs, content_key,  # noqa: F401
+                         extract, fit, fit_task_runner, report, resolve_checkpoint, retry_unless_bad_input, scores)
+from flows.workspace import error_text, first_line, work_dir
 
-DASK_ADDRESS_ENV = "NEURALIGN_DASK_ADDRESS"
-RESULTS_FOLDER = ".task-results"
-USER_ERRORS = (ValueError, LookupError, FileNotFoundError)
+FIT_TITLE = "Neural predictivity"
+COMPARE_TITLE = "Neural predictivity: comparison"
 
 
 # --------------------------------------------------------------------------------------------------
-# Task policies
+# Failures: one line in the final state, the whole story in the logs
 # --------------------------------------------------------------------------------------------------
 
 
-def retry_unless_bad_input(task, task_run, state) -> bool:
-    """Retry transient failures (a lost worker, an I/O hiccup); never bad input, which would fail again.
+def failed_state(error: BaseException) -> Failed:
+    """Log the error (with its traceback when it is not bad input) and return the flow's Failed state, whose
+    message is the error's first line."""
+    logger = get_run_logger()
+    if isinstance(error, USER_ERRORS):
+        logger.error("%s", error_text(error))
+    else:
+        logger.error("%s", error_text(error), exc_info=error)
+    return Failed(message=first_line(error))
 
-    Only failed states are retried: a cancellation or an interrupt (BaseException) is never swallowed here.
-    """
-    if not state.is_failed():
-        return False
+
+def _outcome(future) -> tuple[Any, BaseException | None]:
+    """(result, None) of a finished task, or (None, the exception it failed with)."""
+    try:
+        return future.result(), None
+    except Exception as error:  # the task's own failure; it is Failed in the UI with its traceback
+        return None, error
+
+
+def _subflow_failure(state) -> str:
+    """The first line of why the subflow failed: its own message when it returned a Failed state, else the
+    first line of the exception it raised."""
     try:
         state.result()
-    except USER_ERRORS:
-        return False
-    except Exception:  # anything else is worth another try
-        return True
-    return False
-
-
-def content_key(*names: str):
-    """A cache_key_fn hashing only the named parameters: the content, not where things are written."""
-
-    def key(context, parameters: dict[str, Any]) -> str:
-        return f"{context.task.name}-" + digest({name: parameters.get(name) for name in names})
-
-    return key
-
-
-TRANSIENT = {"retries": 2, "retry_delay_seconds": 2, "retry_condition_fn": retry_unless_bad_input}
+    except Exception as error:  # noqa: BLE001 - read back, not handled
+        return first_line(error)
+    return first_line(state.message or "the fits failed")
 
 
 # --------------------------------------------------------------------------------------------------
-# Tasks
+# neural-fit
 # --------------------------------------------------------------------------------------------------
 
 
-@task(name="prepare-dataset", cache_policy=NO_CACHE, log_prints=True)
-def prepare_dataset(spec: str, work: str, data_root: str | None, synthetic: dict | None) -> dict:
-    reference = prepare_dataset_ref(spec, work, data_root=data_root, synthetic=synthetic)
-    get_run_logger().info("dataset %s: %s", reference["identifier"], reference["path"])
-    return reference
+def _resolve_all(specs, work, training, training_set, failed: dict) -> dict[str, dict]:
+    """{spec: reference} of the checkpoints that resolve; the others go to `failed`."""
+    futures = {spec: resolve_checkpoint.submit(spec, work, training, training_set) for spec in specs}
+    references = {}
+    for spec, future in futures.items():
+        reference, error = _outcome(future)
+        if error is None:
+            references[spec] = reference
+        else:
+            failed[spec] = steps.failed_reference(spec, error)
+    return references
 
 
-@task(name="checkpoint", task_run_name="checkpoint {spec}", cache_policy=NO_CACHE, log_prints=True, **TRANSIENT)
-def resolve_checkpoint(spec: str, work: str, training: dict | None, training_set: dict | None) -> dict:
+def _submit_fits(references, dataset, protocol, layers, device, work, extraction, splits_per_task, failed) -> dict:
+    """Extraction of every checkpoint, then its fits: {spec: [(layer, future)]} of those extracted."""
     logger = get_run_logger()
-    reference = checkpoint_specs.resolve(spec, work, training=training, training_set=training_set)
-    for record in checkpoint_specs.training_log(reference):
-        logger.info("%s epoch %s: task loss %s, val top1 %s", spec, record.get("epoch"), record.get("task_loss"),
-                    record.get("top1"))
-    logger.info("checkpoint %s: %s %s (top1 %s, status %s, sha256 %s)", spec, reference["rule"], reference["arch"],
-                reference.get("top1"), reference.get("status"), reference["sha256"][:12])
-    return reference
+    fit_task = fit.with_options(persist_result=True, result_storage=Path(work) / RESULTS_FOLDER)
+    extractions = {}
+    for spec, reference in references.items():
+        try:
+            settings = steps.extraction_settings(reference, extraction, protocol)
+        except USER_ERRORS as error:
+            failed[spec] = steps.failed_reference(spec, error, reference)
+            continue
+        extractions[spec] = extract.submit(reference, dataset, layers, settings, device, work)
+    batches = steps.split_batches(protocol, splits_per_task)
+    regions = steps.plan_for(dataset, protocol).regions
+    planned = {}
+    for spec, future in extractions.items():
+        reference = references[spec]
+        stored, error = _outcome(future)
+        if error is not None:
+            failed[spec] = steps.failed_reference(spec, error, reference)
+            continue
+        reference.update(image_size=stored["preprocessing"]["image_size"], preprocessing=stored["preprocessing"])
+        planned[spec] = [(layer, fit_task.submit(stored["store"], reference["name"], reference["digest"], dataset,
+                                                 dataset["identifier"], layer, region, protocol, splits))
+                         for layer in stored["layers"] for region in regions for splits in batches]
+        logger.info("%s: %d layers x %d regions x %d split batches = %d fits", reference["name"],
+                    len(stored["layers"]), len(regions), len(batches), len(planned[spec]))
+    return planned
 
 
-@task(name="extract", task_run_name="extract {checkpoint[name]}", cache_policy=NO_CACHE, log_prints=True,
-      **TRANSIENT)
-def extract(checkpoint: dict, dataset: dict, layers: Any, extraction: dict, device: str | None, work: str) -> dict:
-    stored = steps.extract_checkpoint(checkpoint, dataset, layers=layers, device=device, work=work, **extraction)
-    what = "reused activations" if stored["reused"] else "extracted activations"
-    get_run_logger().info("%s: %s of %d layers at %d px (%s)", checkpoint["name"], what, len(stored["layers"]),
-                          stored["preprocessing"]["image_size"], stored["store"])
-    return stored
-
-
-@task(name="fit", task_run_name="fit {checkpoint_name} {layer} {region} splits {splits}",
-      persist_result=True,
-      cache_key_fn=content_key("checkpoint_digest", "dataset_id", "layer", "region", "protocol", "splits"),
-      **TRANSIENT)
-def fit(store: str, checkpoint_name: str, checkpoint_digest: str, dataset: dict, dataset_id: str, layer: str,
-        region: str, protocol: dict, splits: list[int]) -> dict:
-    return steps.fit_layer_region(store, dataset, layer=layer, region=region, protocol=protocol, splits=splits)
-
-
-@task(name="scores", task_run_name="scores {checkpoint_name}", cache_policy=NO_CACHE, **TRANSIENT)
-def scores(dataset: dict, protocol: dict, predictions: dict, checkpoint_name: str):
-    return steps.score_checkpoint(dataset, protocol, predictions, checkpoint_name)
-
-
-@task(name="report", cache_policy=NO_CACHE, log_prints=True)
-def report(checkpoint_scores: list, checkpoints: list[dict], out: str) -> str:
-    folder = steps.write_outputs(checkpoint_scores, checkpoints, out)
-    get_run_logger().info("report written to %s", folder)
-    return str(folder)
-
-
-@task(name="compare-runs", cache_policy=NO_CACHE, log_prints=True)
-def compare_runs(run_dirs: list[str], out: str) -> str:
-    return str(steps.compare_runs(run_dirs, out))
-
-
-# --------------------------------------------------------------------------------------------------
-# Task runners
-# --------------------------------------------------------------------------------------------------
-
-
-def fit_task_runner(dask_address: str | None = None, n_workers: int | None = None):
-    """The task runner of the fan-out: Dask (existing scheduler or a local cluster), or threads.
-
-    dask_address: "threads" runs on a ThreadPoolTaskRunner in the flow's process (no cluster start-up);
-    a scheduler address ("tcp://host:8786") connects to it; None uses $NEURALIGN_DASK_ADDRESS when set,
-    else a local cluster of n_workers processes (default: os.cpu_count()) with one thread each. Its
-    dashboard binds a free loopback port (the Dask default, 8787, clashes between concurrent runs).
-    """
-    address = dask_address or os.environ.get(DASK_ADDRESS_ENV) or None
-    if address == "threads":
-        return ThreadPoolTaskRunner(max_workers=n_workers or os.cpu_count() or 1)
-    from prefect_dask import DaskTaskRunner
-
-    if address:
-        return DaskTaskRunner(address=address)
-    return DaskTaskRunner(cluster_kwargs={
-        "n_workers": n_workers or os.cpu_count() or 1,
-        "threads_per_worker": 1,
-        "processes": True,
-        "dashboard_address": "127.0.0.1:0",
-        "host": "127.0.0.1",
-    })
-
-
-# --------------------------------------------------------------------------------------------------
-# Flows
-# --------------------------------------------------------------------------------------------------
+def _score_all(planned, references, dataset, protocol, failed) -> dict:
+    """{spec: scores} of the checkpoints whose fits and scores all finished; the others go to `failed`."""
+    submitted = {}
+    for spec, fits in planned.items():
+        predictions: dict[str, dict] = {}
+        errors = []
+        for layer, future in fits:
+            result, error = _outcome(future)
+            if error is None:
+                predictions.setdefault(layer, {}).update(result)
+            else:
+                errors.append(error)
+        if errors:
+            failed[spec] = steps.failed_reference(spec, errors[0], references[spec])
+            continue
+        submitted[spec] = scores.submit(dataset, protocol, predictions, references[spec]["name"])
+    scored = {}
+    for spec, future in submitted.items():
+        result, error = _outcome(future)
+        if error is None:
+            scored[spec] = result
+        else:
+            failed[spec] = steps.failed_reference(spec, error, references[spec])
+    return scored
 
 
 @flow(name="neural-fit-tasks", log_prints=True)
 def _neural_fit_tasks(checkpoints: list[str], dataset: dict, protocol: dict, layers: Any, out: str,
                       device: str | None, work: str, training: dict | None, training_set: dict | None,
-                      extraction: dict | None, splits_per_task: int) -> str:
-    """Train-or-load, extract (Gram matrices), fits and scores on the chosen task runner; then the report."""
-    logger = get_run_logger()
-    fit_task = fit.with_options(persist_result=True, result_storage=Path(out) / RESULTS_FOLDER)
-    resolved = [resolve_checkpoint.submit(spec, work, training, training_set) for spec in checkpoints]
-    references = [future.result() for future in resolved]
-    extractions = []
-    for reference in references:
-        settings = steps.extraction_settings(reference, extraction, protocol)
-        extractions.append(extract.submit(reference, dataset, layers, settings, device, work))
-    batches = steps.split_batches(protocol, splits_per_task)
-    regions = steps.plan_for(dataset, protocol).regions
-    planned = []
-    for reference, future in zip(references, extractions):
-        stored = future.result()
-        reference.update(image_size=stored["preprocessing"]["image_size"], preprocessing=stored["preprocessing"])
-        fits = []
-        for layer in stored["layers"]:
-            fits += [(layer, fit_task.submit(stored["store"], reference["name"], reference["digest"], dataset,
-                                             dataset["identifier"], layer, region, protocol, splits))
-                     for region in regions for splits in batches]
-        logger.info("%s: %d layers x %d regions x %d split batches = %d fits", reference["name"],
-                    len(stored["layers"]), len(regions), len(batches), len(fits))
-        planned.append((reference, fits))
-
-    checkpoint_scores = []
-    for reference, fits in planned:
-        predictions: dict[str, dict] = {}
-        for layer, future in fits:
-            predictions.setdefault(layer, {}).update(future.result())
-        checkpoint_scores.append(scores.submit(dataset, protocol, predictions, reference["name"]))
-    return report([future.result() for future in checkpoint_scores], references, out)
+                      extraction: dict | None, splits_per_task: int, report_options: dict, artifact_key: str):
+    """Train-or-load, extract (Gram matrices), fits and scores on the chosen task runner, each checkpoint on
+    its own; then the report of all of them (failed ones with their reason) and the artifacts."""
+    failed: dict[str, dict] = {}
+    references = _resolve_all(checkpoints, work, training, training_set, failed)
+    planned = _submit_fits(references, dataset, protocol, layers, device, work, extraction, splits_per_task, failed)
+    scored = _score_all(planned, references, dataset, protocol, failed)
+    in_order = [failed.get(spec) or references[spec] for spec in checkpoints]
+    folder = report([scored[spec] for spec in checkpoints if spec in scored], in_order, out, dataset, protocol,
+                    report_options)
+    artifacts.publish(folder, artifact_key, title=FIT_TITLE, reference=report_options["reference"])
+    if failed:
+        message = steps.failure_message([failed[spec] for spec in checkpoints if spec in failed], len(checkpoints))
+        get_run_logger().error("%s (report: %s)", message, folder)
+        return Failed(message=message)
+    return folder
 
 
 @flow(name="neural-fit", log_prints=True)
@@ -203,6 +174,7 @@ def neural_fit(
     protocol: str = "paper",
     layers: str | list[str] = "default",
     out: str | None = None,
+    overwrite: bool = False,
     device: str | None = None,
     data_root: str | None = None,
     dask_address: str | None = None,
@@ -213,7 +185,11 @@ def neural_fit(
     training_set: dict | None = None,
     synthetic: dict | None = None,
     extraction: dict | None = None,
-) -> str:
+    reference: str = "bp",
+    group_by: str | None = None,
+    notes: str | list[str] | None = None,
+    work: str | None = None,
+):
     """Score how well each checkpoint's layers predict the dataset's regions; returns the report folder.
 
     checkpoints: checkpoint specs (see flows.checkpoints): `.pt` files, `torchvision:ARCH=PATH`,
@@ -223,27 +199,51 @@ def neural_fit(
         folder with `synthetic` as keyword arguments of neural_data.synth.generate).
     protocol: `paper` or `brainscore` (protocol_options override its settings, e.g. {"n_splits": 2,
         "n_components": 10, "seed": 1}).
-    layers: `default`, `all`, or a list of module names.
-    out: report folder (default <work>/runs/neural-fit-<dataset>). device: torch device for extraction.
+    layers: `default`, `all`, or module names (a list, or comma-separated).
+    out: report folder (default <work>/runs/neural-fit-<dataset>); a folder holding an earlier run (or anything
+        else) is refused unless `overwrite`. device: torch device for extraction.
     data_root: the folder holding the real data files of a registered dataset.
     dask_address: a Dask scheduler address, "threads" for no cluster, or None (env var, else a local cluster).
     training: settings of rule/preset checkpoints (TrainConfig fields, e.g. {"epochs": 3, "width": 0.25}).
     training_set: size of the built-in synthetic training images ({"n_per_class": 100, "val_per_class": 25}).
     extraction: {"image_size": ..., "batch_size": ...}; the image size defaults to each checkpoint's own.
+    reference, group_by: the report's statistics compare every checkpoint with `reference` (a checkpoint
+        name or a rule), pooling seeds per rule with group_by="rule".
+    notes: one or more paragraphs for the top of the report.
+    work: the work folder (default: the serve process's, $NEURALIGN_WORK).
     """
-    work = str(work_dir())
-    out = str(Path(out).expanduser().resolve()) if out else str(Path(work) / "runs" / f"neural-fit-{Path(dataset).name}")
-    for spec in checkpoints:
-        checkpoint_specs.check(spec, training)
-    reference = prepare_dataset(dataset, work, data_root, synthetic)
-    protocol_spec = steps.protocol_spec(protocol, protocol_options, reference)
-    runner = fit_task_runner(dask_address, n_workers)
-    print(f"fitting {len(checkpoints)} checkpoint(s) on {reference['identifier']} with protocol {protocol}; out: {out}")
-    return _neural_fit_tasks.with_options(task_runner=runner)(
-        checkpoints=list(checkpoints), dataset=reference, protocol=protocol_spec, layers=layers, out=out,
-        device=device, work=work, training=training, training_set=training_set, extraction=extraction,
-        splits_per_task=splits_per_task,
+    work = str(work_dir(work))
+    out = out or str(Path(work) / "runs" / f"neural-fit-{Path(dataset).name}")
+    # a remote Dask cluster extracts on its own machines: only the device string is checked here
+    local = (dask_address or os.environ.get(DASK_ADDRESS_ENV) or "threads") == "threads"
+    try:
+        prepared = steps.prepare_fit(
+            checkpoints, dataset, protocol=protocol, protocol_options=protocol_options, layers=layers, out=out,
+            overwrite=overwrite, device=device, data_root=data_root, work=work, training=training,
+            synthetic=synthetic, extraction=extraction, reference=reference, group_by=group_by, local_device=local)
+        steps.split_batches(prepared["protocol"], splits_per_task)
+    except Exception as error:  # refused before any compute: the message says which argument
+        return failed_state(error)
+    dataset_ref = prepared["dataset"]
+    print(f"fitting {len(checkpoints)} checkpoint(s) on {dataset_ref['identifier']} ({dataset_ref['path']}) with "
+          f"protocol {protocol}; out: {prepared['out']}")
+    key = artifacts.artifact_key("neural-fit", runtime_deployment.name, prepared["out"])
+    state = _neural_fit_tasks.with_options(task_runner=fit_task_runner(dask_address, n_workers))(
+        checkpoints=list(checkpoints), dataset=dataset_ref, protocol=prepared["protocol"], layers=prepared["layers"],
+        out=prepared["out"], device=device, work=work, training=training, training_set=training_set,
+        extraction=extraction, splits_per_task=splits_per_task,
+        report_options={"overwrite": overwrite, "reference": reference, "group_by": group_by, "notes": notes},
+        artifact_key=key,
+        return_state=True,
     )
+    if not state.is_completed():
+        return Failed(message=_subflow_failure(state))
+    return state.result()
+
+
+# --------------------------------------------------------------------------------------------------
+# train-rule, compare
+# --------------------------------------------------------------------------------------------------
 
 
 @flow(name="train-rule", log_prints=True)
@@ -253,7 +253,7 @@ def train_rule(
     out: str | None = None,
     training: dict | None = None,
     training_set: dict | None = None,
-) -> str:
+):
     """Train one rule or preset; returns the checkpoint path.
 
     data: `builtin:synthetic` (the synthetic object images), `builtin:digits`, or an ImageNet-style folder
@@ -261,13 +261,27 @@ def train_rule(
         e.g. {"epochs": 3, "width": 0.25, "small_input": true, "image_size": 32}). out: checkpoint folder
         (default: a content-keyed folder under <work>/checkpoints).
     """
-    path = checkpoint_specs.train_checkpoint(rule, data=data, out=out, training=training,
-                                             training_set=training_set, work=work_dir())
+    try:
+        path = checkpoint_specs.train_checkpoint(rule, data=data, out=out, training=training,
+                                                 training_set=training_set, work=work_dir())
+    except Exception as error:  # the final state says why in one line
+        return failed_state(error)
     get_run_logger().info("checkpoint: %s", path)
     return str(path)
 
 
 @flow(name="compare", log_prints=True)
-def compare(run_dirs: list[str], out: str) -> str:
-    """Merge finished neural-fit report folders into one comparison report; returns its folder."""
-    return compare_runs(run_dirs, str(Path(out).expanduser().resolve()))
+def compare(run_dirs: list[str], out: str, reference: str = "bp", group_by: str | None = None,
+            overwrite: bool = False):
+    """Merge finished neural-fit report folders into one comparison report; returns its folder.
+
+    reference, group_by: the statistics (see neural-fit). overwrite: write over a non-empty `out` folder.
+    """
+    out = str(Path(out).expanduser().resolve())
+    try:
+        folder = compare_runs(run_dirs, out, reference, group_by, overwrite)
+        key = artifacts.artifact_key("compare", runtime_deployment.name, folder)
+        artifacts.publish(folder, key, title=COMPARE_TITLE, reference=reference)
+    except Exception as error:  # the final state says why in one line
+        return failed_state(error)
+    return folder

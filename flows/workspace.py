@@ -34,3 +34,17 @@ def counted(items, noun: str, first: int = 5) -> str:
     if len(items) <= first:
         return f"{len(items)} {plural} ({', '.join(items)})"
     return f"{len(items)} {plural}, first {first}: {', '.join(items[:first])}"
+
+
+def error_text(error: BaseException) -> str:
+    """The error's text, without the quotes KeyError (and LookupError subclasses of it) put around it."""
+    return str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
+
+
+def first_line(error: BaseException | str) -> str:
+    """The first non-empty line of an error's text (or of a message): what a status line or a table cell shows."""
+    text = error if isinstance(error, str) else error_text(error)
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    if lines:
+        return lines[0]
+    return type(error).__name__ if isinstance(error, BaseException) else ""

@@ -6,6 +6,8 @@ Its weights are exactly those of `torch.manual_seed(seed); build_model(arch, "bp
 """
 from __future__ import annotations
 
+import threading
+
 import torch
 from torch import nn
 
@@ -16,6 +18,8 @@ from .resnet import build_model
 __all__ = ["random_init", "default_image_size"]
 
 RANDOM_RULE = "random"
+# fork_rng + manual_seed act on the process-wide generator: two threads building at once would interleave draws
+_GLOBAL_RNG = threading.Lock()
 SMALL_INPUT_SIZE = 32
 
 
@@ -34,7 +38,7 @@ def random_init(arch: str = "resnet18", *, seed: int = 0, width: float = 1.0, sm
     Runs under `torch.random.fork_rng`, so the caller's random stream is not disturbed. image_size: the
     input size recorded in the metadata (default `default_image_size(arch, small_input)`).
     """
-    with torch.random.fork_rng(devices=[]):
+    with _GLOBAL_RNG, torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = build_model(arch, "bp", num_classes=num_classes, width=width, small_input=small_input)
     image_size = image_size or default_image_size(arch, small_input)

@@ -305,5 +305,6 @@ def _torch_load(path: Path, map_location):
         return torch.load(path, map_location=map_location, weights_only=True)
     except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as error:
         size = path.stat().st_size
-        raise ValueError(f"{path}: cannot be read as a torch checkpoint ({size} bytes; truncated or not a "
-                         f".pt file?): {str(error).splitlines()[0] if str(error) else type(error).__name__}") from None
+        reason = str(error).splitlines()[0].split(". ")[0] if str(error) else type(error).__name__
+        raise ValueError(f"{path}: cannot be read as a torch checkpoint ({size} bytes; truncated, not a .pt file, "
+                         f"or holding objects other than tensors and plain data): {reason}") from None

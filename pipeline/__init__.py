@@ -30,6 +30,8 @@ _EXPORTS = {
     "score_predictions": ("metric", "score_predictions"),
     "fit_scores": ("score", "fit_scores"),
     "write_report": ("report", "write_report"),
+    "check_out_dir": ("report", "check_out_dir"),
+    "compare_checkpoints": ("comparison", "compare"),
     "compare": ("report", "compare"),
 }
 

@@ -142,7 +142,7 @@ def resolve_layers(
             )
             raise UnknownLayerError(
                 f"layers: {type(model).__name__} has no module {hints}.\n"
-                f"Valid names: 'default', 'all', or any of {valid}"
+                f"Valid names: 'default', 'all', or any of {len(valid)} modules, first 20: {', '.join(valid[:20])}"
             )
         names = requested
     rank = structural_rank(model)

@@ -34,11 +34,13 @@ free_port() {
 
 # True when the pid file names a live process that is the leader of its own process group
 # (every process these scripts start is), so a stale pid reused by another program is not mistaken for ours.
+# A killed process its parent has not reaped yet (a zombie, state Z) is not alive.
 alive() {
     local pid_file="$1" pid
     [[ -f "$pid_file" ]] || return 1
     pid="$(cat "$pid_file")"
-    [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null && [[ "$(ps -o pgid= -p "$pid" | tr -d ' ')" == "$pid" ]]
+    [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null && [[ "$(ps -o pgid= -p "$pid" | tr -d ' ')" == "$pid" ]] \
+        && [[ "$(ps -o stat= -p "$pid" | tr -d ' ')" != Z* ]]
 }
 
 server_url() { echo "http://127.0.0.1:$(cat "$SERVER_PORT_FILE")/api"; }

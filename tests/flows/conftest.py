@@ -110,6 +110,48 @@ class Services:
         except Exception:  # noqa: BLE001 - not registered yet (ObjectNotFound) or server busy
             return False
 
+    def start_deployment(self, name: str, params: dict) -> str:
+        """`prefect deployment run NAME --params JSON` without waiting for the run: its flow run id."""
+        command = [str(BIN / "prefect"), "--no-prompt", "deployment", "run", name, "--params", json.dumps(params)]
+        completed = subprocess.run(command, cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=120)
+        match = re.search(r"UUID:\s*([0-9a-f-]{36})", completed.stdout)
+        assert completed.returncode == 0 and match, completed.stdout + completed.stderr
+        return match.group(1)
+
+    @property
+    def serve_pid_file(self) -> Path:
+        """Where scripts/start.sh keeps the pid of the serve process it started (or, here, found)."""
+        return self.work / "serve.pid"
+
+    def serve_pid(self) -> int:
+        """The process group of the serving process: the one scripts/start.sh started, else the fixture's."""
+        if self.serve_pid_file.is_file():
+            return int(self.serve_pid_file.read_text())
+        return self.serve.pid
+
+    def kill_serve(self) -> None:
+        """SIGKILL the serving process group (the serve process and the flow runs it started), as a crash would."""
+        pid = self.serve_pid()
+        os.killpg(pid, signal.SIGKILL)
+        for process in self.processes:
+            if process.pid == pid:
+                process.wait(timeout=30)  # reaped, as the shell that started it would
+        deadline = time.monotonic() + 30
+        while _group_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not _group_alive(pid), f"process group {pid} survived SIGKILL"
+
+    def neural_fit_script(self, args: list[str], timeout_s: float = 420) -> subprocess.CompletedProcess:
+        """scripts/neural-fit.sh (what `make neural-fit` runs) against this server: start.sh finds the server by
+        its port file and the serve process by its pid file, and restarts serve when that process is gone."""
+        self.work.mkdir(parents=True, exist_ok=True)
+        (self.work / "prefect-server.port").write_text(f"{self.port}\n")
+        if not self.serve_pid_file.is_file():
+            self.serve_pid_file.write_text(f"{self.serve.pid}\n")
+        env = {**self.env, "VENV": str(BIN.parent), "SERVE_TIMEOUT_S": "240"}
+        return subprocess.run(["bash", str(ROOT / "scripts" / "neural-fit.sh"), *args], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=timeout_s, start_new_session=True)
+
     def run_deployment(self, name: str, params: dict, timeout_s: float = 300) -> tuple[int, str, str]:
         """`prefect deployment run NAME --params JSON --watch`: (exit code, flow run id, output)."""
         return self.run_deployments([(name, params)], timeout_s)[0]
@@ -138,8 +180,29 @@ class Services:
         return results
 
     def stop_all(self) -> None:
+        if self.serve_pid_file.is_file():  # a serve process scripts/start.sh started
+            pid = int(self.serve_pid_file.read_text())
+            if pid not in [process.pid for process in self.processes] and _group_alive(pid):
+                os.killpg(pid, signal.SIGTERM)
+                deadline = time.monotonic() + 15
+                while _group_alive(pid) and time.monotonic() < deadline:
+                    time.sleep(0.2)
+                if _group_alive(pid):
+                    os.killpg(pid, signal.SIGKILL)
         for process in reversed(self.processes):  # serve before the server
             stop_group(process)
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether a running (not zombie) process of the group is left (Linux /proc)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False
 
 
 @pytest.fixture(scope="session")
@@ -150,9 +213,9 @@ def services(tmp_path_factory):
         server = services.start([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1",
                                  "--port", str(services.port)], "server.log")
         services.wait_for(lambda: healthy(services.api_url), 150, "Prefect server", server, "server.log")
-        serve = services.start([sys.executable, "-m", "flows.cli", "serve", "--work", str(services.work)],
-                               "serve.log")
-        services.wait_for(services.deployments_exist, 150, "neuralign serve", serve, "serve.log")
+        services.serve = services.start([sys.executable, "-m", "flows.cli", "serve", "--work", str(services.work)],
+                                        "serve.log")
+        services.wait_for(services.deployments_exist, 150, "neuralign serve", services.serve, "serve.log")
         yield services
     finally:
         services.stop_all()

@@ -115,8 +115,9 @@ def test_torchvision_state_dict_is_a_bp_checkpoint_with_unknown_accuracy(tmp_pat
     assert (reference["rule"], reference["top1"], reference["image_size"]) == ("bp", None, 224)
     model = checkpoints.load_model(reference)
     assert torch.equal(model.state_dict()["conv1.weight"], torch.load(weights)["conv1.weight"])
+    checkpoints.check(str(weights))  # the file exists: what it holds is its checkpoint's own work
     with pytest.raises(ValueError, match="torchvision:resnet18="):
-        checkpoints.check(str(weights))  # a bare state_dict says how to load it
+        checkpoints.resolve(str(weights))  # a bare state_dict says how to load it
 
 
 # ------------------------------------------------------------------------------------------------ datasets
@@ -186,10 +187,10 @@ def test_fanned_out_fits_give_the_scores_of_one_pipeline_call(extracted, dataset
 def test_run_fit_writes_a_report_and_compare_merges_two_runs(dataset, work, tmp_path):
     common = dict(dataset=SYNTHETIC, synthetic=TINY_DATA, work=work, layers=["layer4.1", "avgpool"],
                   protocol_options=TINY_PROTOCOL)
-    first = steps.run_fit([TINY_RANDOM], out=tmp_path / "a", extraction={"image_size": 16}, **common)
+    first = steps.run_fit([TINY_RANDOM], out=tmp_path / "a", extraction={"image_size": 16}, **common).out
     rows = list(csv.DictReader(open(first / "summary.csv")))
     assert len(rows) == 2 * 2 and all(np.isfinite(float(row["median_r"])) for row in rows)
-    second = steps.run_fit(["fa"], out=tmp_path / "b", training=TINY_TRAINING, training_set=TINY_SET, **common)
+    second = steps.run_fit(["fa"], out=tmp_path / "b", training=TINY_TRAINING, training_set=TINY_SET, **common).out
     recorded = json.loads((second / "checkpoints.json").read_text())
     assert recorded[0]["preprocessing"]["image_size"] == 16  # the trained size, without a size flag
     merged = steps.compare_runs([first, second], tmp_path / "ab")
@@ -229,3 +230,16 @@ def test_train_checkpoint_into_a_given_folder(tmp_path):
     assert path.parent == (tmp_path / "kp").resolve()
     meta = json.loads(path.with_suffix(".json").read_text())
     assert meta["rule"] == "kp" and meta["config"]["width"] == TINY_TRAINING["width"] and meta["epoch"] == 1
+
+
+def test_seeded_random_baselines_are_identical_when_resolved_in_concurrent_threads():
+    """The flows' thread task runner resolves and rebuilds several checkpoints at once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    specs = [TINY_RANDOM + f"&seed={seed}" for seed in (0, 1, 2, 3)] * 2
+    alone = {spec: checkpoints.resolve(spec)["sha256"] for spec in specs[:4]}
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        together = list(pool.map(lambda spec: checkpoints.resolve(spec)["sha256"], specs))
+        rebuilt = list(pool.map(lambda spec: __import__("models").weights_sha256(
+            checkpoints.load_model(checkpoints.resolve(spec))), specs))
+    assert together == [alone[spec] for spec in specs] == rebuilt

@@ -14,13 +14,17 @@ from pipeline.score import fit_scores
 
 
 def _assembly(n=96, sites=(4, 6), seed=0):
+    """(hidden features (n, 5), averaged assembly, trial-level assembly (4 repetitions), stimulus ids): sites
+    driven linearly by the hidden features; 4 categories of 2 objects each."""
     rng = np.random.default_rng(seed)
     hidden = rng.normal(size=(n, 5))
     total = sum(sites)
     values = hidden @ rng.normal(size=(5, total)) + 0.7 * rng.normal(size=(n, total))
     ids = [f"img{i:03d}" for i in range(n)]
+    categories = np.repeat(["a", "b", "c", "d"], n // 4)
     coords = {"stimulus_id": ("presentation", ids),
-              "category_name": ("presentation", np.repeat(["a", "b", "c", "d"], n // 4)),
+              "category_name": ("presentation", categories),
+              "object_name": ("presentation", [f"{c}{i % 2}" for i, c in enumerate(categories)]),
               "neuroid_id": ("neuroid", [f"s{j}" for j in range(total)]),
               "region": ("neuroid", ["V4"] * sites[0] + ["IT"] * sites[1])}
     averaged = xr.DataArray(values, dims=("presentation", "neuroid"), coords=coords)
@@ -42,6 +46,22 @@ def _scores(checkpoint, scale, seed=0):
                       checkpoint=checkpoint, dataset="toy-1234")
 
 
+def planted_checkpoints(noise=(("bp_ckpt", 0.3), ("fa_ckpt", 0.8), ("random_init", None)), seed=0, **fit):
+    """Score Datasets of checkpoints whose layers see the sites' hidden features through Gaussian noise of the
+    given sd (None: random features only), on 160 stimuli and 12 + 16 sites: the better the features, the
+    higher the scores, so the statistics have differences to find."""
+    hidden, averaged, trials, ids = _assembly(n=160, sites=(12, 16), seed=seed)
+    out = []
+    for index, (name, sd) in enumerate(noise):
+        rng = np.random.default_rng([seed, index])
+        def seen(scale):
+            return rng.normal(size=(len(ids), 8)) if sd is None else hidden + scale * rng.normal(size=hidden.shape)
+        layers = {"conv1": rng.normal(size=(len(ids), 8)), "layer1": seen(2 * (sd or 0)), "fc": seen(sd)}
+        out.append(fit_scores(layers, averaged, stimulus_ids=ids, checkpoint=name, dataset="toy-160",
+                              **{"n_splits": 2, "n_components": 4, "trials": trials, **fit}))
+    return out
+
+
 META = [{"name": "bp_ckpt", "rule": "bp", "arch": "resnet18", "dataset": "digits", "top1": 0.71, "top5": 0.9,
          "sha256": "ab" * 32, "status": "ok"},
         {"name": "random_init", "rule": "random", "arch": "resnet18", "dataset": "digits", "top1": 0.1,
@@ -56,7 +76,8 @@ def two_checkpoints():
 def test_report_files_and_summary_rows(tmp_path, two_checkpoints):
     paths = write_report(list(two_checkpoints), META, tmp_path / "rep")
     for name in ("scores.nc", "summary.csv", "summary.json", "best_layers.csv", "report.md", "report.html",
-                 "layers.png", "bars.png", "checkpoints.json"):
+                 "layers.png", "bars.png", "checkpoints.json", "stats.csv", "stats.json", "forest.png",
+                 "forest_layers.png"):
         assert (tmp_path / "rep" / name).is_file(), name
     rows = _csv_dicts(paths["summary_csv"])
     assert len(rows) == 2 * 2 * 3  # checkpoints x regions x layers
@@ -87,14 +108,15 @@ def test_html_is_self_contained_and_markdown_states_protocol(tmp_path, two_check
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     md = paths["markdown"].read_text()
     assert "Protocol `paper`" in md and "Random" in md and "r/c" in md
-    assert "none was excluded" in md
+    assert "none was left out" in md and "No site was excluded from the fit" in md
 
 
 def test_rerun_is_byte_identical(tmp_path, two_checkpoints):
     a = write_report(list(two_checkpoints), META, tmp_path / "a")
     again = [_scores("bp_ckpt", 0.5), _scores("random_init", 3.0, seed=1)]
     b = write_report(again, META, tmp_path / "b")
-    for kind in ("summary_csv", "summary_json", "best_layers", "markdown", "html", "layers", "bars"):
+    for kind in ("summary_csv", "summary_json", "best_layers", "markdown", "html", "layers", "bars", "stats_csv",
+                 "stats_json", "forest", "forest_layers", "checkpoints"):
         assert a[kind].read_bytes() == b[kind].read_bytes(), kind
 
 
@@ -129,7 +151,7 @@ def test_nan_sites_are_stated(tmp_path):
     ds = fit_scores({"fc": hidden}, averaged, n_splits=2, stimulus_ids=ids, n_components=4)
     paths = write_report(ds, None, tmp_path / "rep")
     md = paths["markdown"].read_text()
-    assert "n_nan_sites" in md and "at most 1 sites" in md
+    assert "n_nan_sites" in md and "at most 1 sites" in md and "1 site: s0 (V4, 1 of 1 fits)" in md
     row = _csv_dicts(paths["summary_csv"])[0]
     assert "ceiling" in row and row["ceiling"] == "nan"
 
@@ -213,21 +235,37 @@ def test_html_escapes_names_and_keeps_markdown_literal(tmp_path, two_checkpoints
     assert _csv_dicts(paths["summary_csv"])[0]["checkpoint"] == "a<b>&c"
 
 
+def test_notes_open_the_report(tmp_path, two_checkpoints):
+    notes = ["A toy run: `fc` sees the hidden features <exactly>.", "It cannot say anything about real brains."]
+    paths = write_report(list(two_checkpoints), META, tmp_path / "rep", notes=notes)
+    md = paths["markdown"].read_text()
+    assert md.startswith(f"# Neural predictivity\n\n{notes[0]}\n\n{notes[1]}\n\n## Method\n\n")
+    page = paths["html"].read_text()
+    assert ("<h1>Neural predictivity</h1>\n<p>A toy run: <code>fc</code> sees the hidden features "
+            "&lt;exactly&gt;.</p>\n<p>It cannot say anything about real brains.</p>\n<h2>Method</h2>") in page
+
+
 def test_documents_layout(tmp_path, two_checkpoints):
     paths = write_report(list(two_checkpoints), META, tmp_path / "rep")
-    ceiling = [f"{float(c):.3f}" for c in two_checkpoints[0]["ceiling"].values]  # regions IT, V4
+    ds = two_checkpoints[0]
+    ceiling = [f"{float(c):.3f}" for c in ds["ceiling"].values]  # regions IT, V4
+    error = [f"{float(c):.3f}" for c in ds["ceiling_error"].values]
     md = paths["markdown"].read_text()
-    assert (f"\n\n## Noise ceiling\n\n| region | noise ceiling (median over sites) |\n|---|---|\n"
-            f"| IT | {ceiling[0]} |\n| V4 | {ceiling[1]} |\n\n## Files\n\n`scores.nc` (all") in md
-    assert md.endswith("`best_layers.csv`.\n") and "\n\n\n" not in md and "![bars](bars.png)\n" in md
+    assert (f"\n\n## Noise ceiling\n\n| region | noise ceiling (median over sites) | error (SEM over sites) |\n"
+            f"|---|---|---|\n| IT | {ceiling[0]} | {error[0]} |\n| V4 | {ceiling[1]} | {error[1]} |\n\n## Files\n\n"
+            "`scores.nc` (all") in md
+    assert md.endswith("`forest.png`, `forest_layers.png`.\n") and "\n\n\n" not in md and "![bars](bars.png)\n" in md
+    sections = re.findall(r"^## (.+)$", md, flags=re.M)
+    assert sections == ["Method", "Best layer per region", "Statistics", "Score by layer", "Noise ceiling", "Files"]
     page = paths["html"].read_text()
     assert (f"\">\n<h2>Noise ceiling</h2>\n<table><tr><th>region</th><th>noise ceiling (median over sites)</th>"
-            f"</tr>\n<tr><td>IT</td><td>{ceiling[0]}</td></tr>\n<tr><td>V4</td><td>{ceiling[1]}</td></tr>\n"
-            "</table>\n<h2>Files</h2>\n<p><code>scores.nc</code>") in page
+            f"<th>error (SEM over sites)</th></tr>\n<tr><td>IT</td><td>{ceiling[0]}</td><td>{error[0]}</td></tr>\n"
+            f"<tr><td>V4</td><td>{ceiling[1]}</td><td>{error[1]}</td></tr>\n</table>\n<h2>Files</h2>\n"
+            "<p><code>scores.nc</code>") in page
     assert page.startswith("<!DOCTYPE html>\n<html><head>") and page.endswith("</p>\n</body></html>\n")
     assert sorted(p.name for p in (tmp_path / "rep").iterdir()) == sorted(  # no temporary files left
         ["scores.nc", "checkpoints.json", "summary.csv", "summary.json", "best_layers.csv", "layers.png",
-         "bars.png", "report.md", "report.html"])
+         "bars.png", "report.md", "report.html", "stats.csv", "stats.json", "forest.png", "forest_layers.png"])
 
 
 def test_a_column_is_one_entry(tmp_path, monkeypatch, two_checkpoints):
