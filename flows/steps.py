@@ -137,8 +137,9 @@ def split_batches(protocol: dict[str, Any], per_task: int) -> list[list[int]]:
 
 
 def fit_layer_region(store: str, dataset: dict[str, Any], *, layer: str, region: str, protocol: dict[str, Any],
-                     splits: Sequence[int]) -> dict[tuple[str, int], Any]:
-    """PLS fits of one layer to one region for some of the protocol's splits (pipeline.metric.fit).
+                     splits: Sequence[int], device: str | None = None) -> dict[tuple[str, int], Any]:
+    """PLS fits of one layer to one region for some of the protocol's splits (pipeline.metric.fit), on
+    ``device`` (the exact PLS runs in torch; default the CPU).
 
     Returns {(region, split): test-image predictions (n_test, n_region_sites)}.
     """
@@ -147,7 +148,7 @@ def fit_layer_region(store: str, dataset: dict[str, Any], *, layer: str, region:
     if plan.regression == "pls-sklearn-default":
         rows = plan.rows_of(features.stimulus_ids)
         return fit(plan, region, features=features.features(layer)[()][rows], splits=splits)
-    return fit(plan, region, gram=features.gram(layer, rows=plan.stimulus_ids), splits=splits)
+    return fit(plan, region, gram=features.gram(layer, rows=plan.stimulus_ids), splits=splits, device=device)
 
 
 def score_checkpoint(dataset: dict[str, Any], protocol: dict[str, Any], predictions: dict, checkpoint: str):
@@ -251,7 +252,8 @@ def score_reference(reference: dict[str, Any], dataset: dict[str, Any], protocol
         predictions[layer] = {}
         for region in plan_for(dataset, protocol).regions:
             predictions[layer].update(fit_layer_region(stored["store"], dataset, layer=layer, region=region,
-                                                       protocol=protocol, splits=range(protocol["n_splits"])))
+                                                       protocol=protocol, splits=range(protocol["n_splits"]),
+                                                       device=device))
     return score_checkpoint(dataset, protocol, predictions, reference["name"])
 
 

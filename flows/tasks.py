@@ -90,8 +90,9 @@ def extract(checkpoint: dict, dataset: dict, layers: Any, extraction: dict, devi
       cache_key_fn=content_key("checkpoint_digest", "dataset_id", "layer", "region", "protocol", "splits"),
       **TRANSIENT)
 def fit(store: str, checkpoint_name: str, checkpoint_digest: str, dataset: dict, dataset_id: str, layer: str,
-        region: str, protocol: dict, splits: list[int]) -> dict:
-    return steps.fit_layer_region(store, dataset, layer=layer, region=region, protocol=protocol, splits=splits)
+        region: str, protocol: dict, splits: list[int], device: str | None = None) -> dict:
+    return steps.fit_layer_region(store, dataset, layer=layer, region=region, protocol=protocol, splits=splits,
+                                  device=device)
 
 
 @task(name="scores", task_run_name="scores {checkpoint_name}", cache_policy=NO_CACHE, **TRANSIENT)

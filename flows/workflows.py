@@ -113,7 +113,7 @@ def _submit_fits(references, dataset, protocol, layers, device, work, extraction
             continue
         reference.update(image_size=stored["preprocessing"]["image_size"], preprocessing=stored["preprocessing"])
         planned[spec] = [(layer, fit_task.submit(stored["store"], reference["name"], reference["digest"], dataset,
-                                                 dataset["identifier"], layer, region, protocol, splits))
+                                                 dataset["identifier"], layer, region, protocol, splits, device))
                          for layer in stored["layers"] for region in regions for splits in batches]
         logger.info("%s: %d layers x %d regions x %d split batches = %d fits", reference["name"],
                     len(stored["layers"]), len(regions), len(batches), len(planned[spec]))
@@ -201,7 +201,7 @@ def neural_fit(
         "n_components": 10, "seed": 1}).
     layers: `default`, `all`, or module names (a list, or comma-separated).
     out: report folder (default <work>/runs/neural-fit-<dataset>); a folder holding an earlier run (or anything
-        else) is refused unless `overwrite`. device: torch device for extraction.
+        else) is refused unless `overwrite`. device: torch device for extraction and the PLS fits.
     data_root: the folder holding the real data files of a registered dataset.
     dask_address: a Dask scheduler address, "threads" for no cluster, or None (env var, else a local cluster).
     training: settings of rule/preset checkpoints (TrainConfig fields, e.g. {"epochs": 3, "width": 0.25}).
