@@ -168,7 +168,7 @@ def run_pass(model: nn.Module, slices: Sequence[Slice], batches, n_stimuli: int,
     started = time.perf_counter()
     with SliceRecorder(model, slices, n_stimuli, device) as recorder, torch.no_grad():
         for rows, pixels in batches:
-            recorder.run(lambda: model(to_input(pixels)), slice(rows.start, rows.stop))
+            recorder.run(lambda batch=pixels: model(to_input(batch)), slice(rows.start, rows.stop))
     _synchronize(device)
     seconds["forward"] = seconds.get("forward", 0.0) + time.perf_counter() - started
     for piece in slices:
