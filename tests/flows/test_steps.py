@@ -243,3 +243,26 @@ def test_seeded_random_baselines_are_identical_when_resolved_in_concurrent_threa
         rebuilt = list(pool.map(lambda spec: __import__("models").weights_sha256(
             checkpoints.load_model(checkpoints.resolve(spec))), specs))
     assert together == [alone[spec] for spec in specs] == rebuilt
+
+
+def test_cli_fits_random_and_torchvision_checkpoints_at_their_own_224_px(tmp_path, dataset, work, capsys):
+    """No size flag: the standard random baseline and a torchvision state_dict are extracted at 224 px (read
+    back from the preprocessing the report records), labelled `random` and `bp`."""
+    import csv
+
+    import torchvision
+
+    from flows.cli import main
+
+    weights = tmp_path / "resnet18.pth"
+    torch.manual_seed(1)
+    torch.save(torchvision.models.resnet18().state_dict(), weights)
+    code = main(["fit", "--checkpoint", "random:resnet18", "--checkpoint", f"torchvision:resnet18={weights}",
+                 "--dataset", dataset["path"], "--layers", "avgpool", "--splits", "2", "--components", "4",
+                 "--out", str(tmp_path / "report"), "--work", str(work)])
+    assert code == 0, capsys.readouterr().err
+    recorded = {meta["name"]: meta for meta in json.loads((tmp_path / "report" / "checkpoints.json").read_text())}
+    assert {meta["preprocessing"]["image_size"] for meta in recorded.values()} == {224}
+    rows = list(csv.DictReader(open(tmp_path / "report" / "summary.csv")))
+    assert {(row["rule"], row["image_size"], row["width"]) for row in rows} == {("random", "224", "1.000000"),
+                                                                               ("bp", "224", "1.000000")}
