@@ -33,7 +33,9 @@ from .workspace import digest, work_dir
 
 RANDOM_PREFIX = "random:"
 TORCHVISION_PREFIX = "torchvision:"
-RANDOM_OPTIONS = {"width": float, "small_input": "bool", "num_classes": int, "seed": int}
+# image_size: the input size the untrained network is extracted at (default: the architecture's own, see
+# models.baselines.default_image_size), e.g. the size a comparison's trained networks were trained at.
+RANDOM_OPTIONS = {"width": float, "small_input": "bool", "num_classes": int, "seed": int, "image_size": int}
 SYNTHETIC_TRAINING = "builtin:synthetic"
 # The built-in training set: neural_data.synth.training_set(n_per_class, image_size, seed).
 TRAINING_SET: dict[str, Any] = {"n_per_class": 100, "val_per_class": 25, "seed": 0}
@@ -128,7 +130,7 @@ def architecture(spec: str, training: dict | None = None) -> tuple[str, dict[str
     kind = kind_of(spec)
     if kind == "random":
         arch, options = parse_random(spec)
-        return arch, {key: value for key, value in options.items() if key != "seed"}
+        return arch, {key: value for key, value in options.items() if key not in ("seed", "image_size")}
     if kind == "torchvision":
         return parse_torchvision(spec)[0], {}
     if kind == "trained":
@@ -224,7 +226,8 @@ def train_builtin(config, work: Path, training_set: dict | None = None, *, progr
     train_set, val_set = synthetic_training_set(config.image_size, training_set)
     if config.num_classes is None:  # fixed before hashing, as the trainer records it
         config = presets.with_overrides(config, num_classes=train_set.num_classes)
-    key = digest({"config": config.model_dump(), "training_set": {**TRAINING_SET, **(training_set or {})}})
+    key = digest({"config": config.model_dump(), "training_set": {**TRAINING_SET, **(training_set or {})},
+                  "renders": synth.TRAINING_SET_VERSION})  # a change of the renders never reuses old checkpoints
     folder = work / "checkpoints" / f"{config.name}-{key[:12]}"
     return Path(train_or_reuse(config, train_set, val_set, folder, progress=progress)).resolve()
 

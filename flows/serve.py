@@ -25,13 +25,16 @@ from flows.workspace import work_dir
 
 DEMO_RULES = ("bp", "fa", "wm", "ia", "sa", "aa", "kp")
 # The untrained baseline of the demo: the demo's small network at its seeded initialisation.
-DEMO_RANDOM = "random:resnet18?width=0.25&small_input=1&num_classes=8&seed=0"
+DEMO_RANDOM = "random:resnet18?width=0.25&small_input=0&num_classes=8&seed=0&image_size=40"
 DEMO_CHECKPOINTS = [*DEMO_RULES, DEMO_RANDOM]
-# Training on 2 CPU cores: a quarter-width ResNet-18 on 32 px synthetic object images for a few epochs.
-# These override each preset's values (its rule, alignment optimizer and noise settings stay).
-DEMO_TRAINING = {"width": 0.25, "small_input": True, "image_size": 32, "epochs": 3, "batch_size": 64,
-                 "lr": 0.05, "warmup_epochs": 0.0, "lr_drops": [2.0], "num_workers": 0}
-DEMO_TRAINING_SET = {"n_per_class": 100, "val_per_class": 25, "seed": 0}
+# Training on 2 CPU cores (bench/demo_training.py, bench/RESULTS.md): a quarter-width ResNet-18 with the standard
+# stem on 40 px renders, 3 epochs of 24000 images, batch 32, lr 0.05 decayed in steps of x0.6 over the last two
+# epochs, weight decay 5e-3 (short-run scaling; see RESULTS.md). These override each preset's values (its rule,
+# alignment optimizer and noise settings stay).
+DEMO_TRAINING = {"width": 0.25, "small_input": False, "image_size": 40, "epochs": 3, "batch_size": 32,
+                 "lr": 0.05, "weight_decay": 0.005, "warmup_epochs": 0.4,
+                 "lr_drops": [1.0, 1.4, 1.7, 2.0, 2.25, 2.5, 2.7, 2.85], "lr_drop_factor": 0.6, "num_workers": 0}
+DEMO_TRAINING_SET = {"n_per_class": 3000, "val_per_class": 100, "seed": 0}
 DEMO_DATASET = {"n_images": 320, "n_sites": 40, "reps": 6, "seed": 0, "image_size": 64}
 DEMO_NOTES = ("This default run is a CPU toy on synthetic data: small ResNet-18s trained for a few epochs on "
               "synthetic object images, scored against a synthetic MajajHong2015-shaped dataset with a planted "

@@ -281,24 +281,107 @@ def cached(n_images: int = 320, n_sites: int = 40, reps: int = 6, seed: int = 0,
 
 # ------------------------------------------------------------------------------------- training images
 
-def training_set(n_per_class: int, image_size: int = 64, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Labelled images of the same 64 objects in new random poses, for small CPU training runs.
+POSE_KEYS = ("rxy", "rxz", "ryz", "ty", "tz", "s")
+TRAINING_POSES = ("hvm", "uniform")
+# What training_set renders by default: 1 = uniform variation-6 poses (now poses="uniform"), 2 = HvM poses.
+# For content keys of anything trained on these images (the same arguments gave other images in 1).
+TRAINING_SET_VERSION = 2
+# Background ids of training images: ones the HvM table (0..3464) never uses, drawn from a range wide enough
+# that a training set and its held-out set (another seed) share almost none.
+TRAINING_BACKGROUNDS = (100_000, 2**31 - 1)
+
+
+def training_set(n_per_class: int, image_size: int = 64, seed: int = 0, *, poses: str = "hvm",
+                 variations: tuple[int, ...] = (3, 6), return_table: bool = False):
+    """Labelled images of the same 64 objects in new poses on new backgrounds, for small CPU training runs.
 
     Returns images (8 * n_per_class, size, size) uint8 and labels (same length,) int64 indexing
-    `CATEGORIES`, shuffled. Poses are drawn uniformly over the HvM variation-6 ranges; backgrounds are
-    ones the HvM table never uses.
+    `CATEGORIES`, in random order, `n_per_class` of each category, each image of an object of its category
+    drawn at random. The same arguments always give the same arrays; another seed gives other images (the
+    held-out set of `flows.checkpoints` is seed + 1). With `return_table` also a DataFrame, one row per
+    image: object_name, category_name, label, variation, the pose (rxy, rxz, ryz, ty, tz, s), background_id.
+
+    poses: how a pose is drawn.
+      "hvm" (default): as in the HvM images the neural datasets show. Each image gets a variation level from
+        `variations` (MajajHong2015's are 3 and 6) and each of rxy, rxz, ryz, ty, tz, s independently from
+        that level's values in the HvM table: the per-level distribution of every parameter, in combinations
+        no HvM image has.
+      "uniform": the first version's images (byte for byte): each parameter uniform over the variation-6
+        range (scale log-uniform). They show many more mirrored and strongly foreshortened views than HvM
+        (|ryz| up to 170 degrees at any rate), hence smaller objects, which small networks learn slowly.
     """
     if n_per_class < 1:
         raise ValueError(f"n_per_class must be >= 1, got {n_per_class}")
-    rng = np.random.default_rng([seed, 7])
-    categories, objects = categories_and_objects(hvm_metadata())
+    if poses not in TRAINING_POSES:
+        raise ValueError(f"poses must be one of {', '.join(TRAINING_POSES)}, got {poses!r}")
+    meta = hvm_metadata()
+    categories, objects = categories_and_objects(meta)
     renderer = Renderer(categories, objects, image_size)
+    if poses == "uniform":
+        images, table = _uniform_pose_set(renderer, categories, objects, n_per_class, image_size, seed)
+    else:
+        table = training_table(n_per_class, seed, variations, meta)
+        images = np.empty((len(table), image_size, image_size), dtype=np.uint8)
+        pose_values = table[list(POSE_KEYS)].to_numpy(dtype=np.float64)
+        for index, (name, background_id) in enumerate(zip(table["object_name"], table["background_id"])):
+            images[index] = renderer(name, dict(zip(POSE_KEYS, pose_values[index].tolist())), int(background_id))
+    labels = np.array(table["label"], dtype=np.int64)  # a writable copy (pandas may hand out read-only views)
+    return (images, labels, table) if return_table else (images, labels)
+
+
+def training_table(n_per_class: int, seed: int = 0, variations: tuple[int, ...] = (3, 6),
+                   meta: pd.DataFrame | None = None) -> pd.DataFrame:
+    """What `training_set(..., poses="hvm")` renders, one row per image in its order (see there)."""
+    meta = hvm_metadata() if meta is None else meta
+    categories, objects = categories_and_objects(meta)
+    levels = tuple(int(v) for v in variations)
+    if not levels:
+        raise ValueError("variations must name at least one HvM variation level, e.g. (3, 6)")
+    values = {}
+    for level in levels:
+        rows = meta.loc[meta["variation"] == level, list(POSE_KEYS)]
+        if rows.empty:
+            valid = sorted(int(v) for v in meta["variation"].unique())
+            raise ValueError(f"variations: HvM has no images of variation {level} (levels: {valid})")
+        values[level] = rows.to_numpy(dtype=np.float64)
+    rng = np.random.default_rng([seed, 11])
+    n = len(categories) * n_per_class
+    labels = np.repeat(np.arange(len(categories)), n_per_class)[rng.permutation(n)]
+    n_objects = np.array([len(objects[c]) for c in categories])
+    object_index = (rng.random(n) * n_objects[labels]).astype(np.int64)
+    level_index = rng.integers(len(levels), size=n)
+    picks = rng.random((n, len(POSE_KEYS)))
+    background_ids = rng.integers(*TRAINING_BACKGROUNDS, size=n)
+    pose = np.empty((n, len(POSE_KEYS)))
+    for index, level in enumerate(levels):
+        mask = level_index == index
+        table = values[level]
+        rows = (picks[mask] * len(table)).astype(np.int64)  # each parameter from its own random HvM image
+        pose[mask] = table[rows, np.arange(len(POSE_KEYS))]
+    table = pd.DataFrame({
+        "object_name": [objects[categories[label]][k] for label, k in zip(labels, object_index)],
+        "category_name": [categories[label] for label in labels],
+        "label": labels.astype(np.int64),
+        "variation": np.asarray(levels, dtype=np.int64)[level_index],
+        **{key: pose[:, column] for column, key in enumerate(POSE_KEYS)},
+        "background_id": background_ids.astype(np.int64),
+    })
+    return table
+
+
+def _uniform_pose_set(renderer, categories, objects, n_per_class: int, image_size: int, seed: int):
+    """The first version's training images (byte for byte): poses uniform over the variation-6 ranges."""
+    rng = np.random.default_rng([seed, 7])
     labels = np.repeat(np.arange(len(categories)), n_per_class)
     labels = labels[rng.permutation(labels.size)]
     images = np.empty((labels.size, image_size, image_size), dtype=np.uint8)
+    rows = []
     for index, label in enumerate(labels):
         name = objects[categories[label]][rng.integers(len(objects[categories[label]]))]
         pose = {"rxy": rng.uniform(-90, 90), "rxz": rng.uniform(-90, 90), "ryz": rng.uniform(-170, 170),
                 "ty": rng.uniform(-0.6, 0.6), "tz": rng.uniform(-1.2, 1.2), "s": float(np.exp(rng.uniform(np.log(0.625), np.log(1.6))))}
-        images[index] = renderer(name, pose, 100_000 + int(rng.integers(1_000_000)))
-    return images, labels.astype(np.int64)
+        background_id = 100_000 + int(rng.integers(1_000_000))
+        images[index] = renderer(name, pose, background_id)
+        rows.append({"object_name": name, "category_name": categories[label], "label": int(label), "variation": 6,
+                     **{key: float(pose[key]) for key in POSE_KEYS}, "background_id": background_id})
+    return images, pd.DataFrame(rows)

@@ -19,6 +19,18 @@ def test_cache_key_follows_content_not_locations():
     assert key(context, {**base, "layers": ["fc"]}) != same
 
 
+def test_fit_cache_key_follows_the_extraction_not_only_the_weights():
+    """The same weights extracted at another image size (another store key) are other fits."""
+    from flows import tasks
+
+    context = SimpleNamespace(task=SimpleNamespace(name="fit"))
+    base = {"store": "/w/activations/k40.json", "store_key": "k40", "checkpoint_digest": "abc", "dataset_id": "d",
+            "layer": "fc", "region": "IT", "protocol": {"name": "paper"}, "splits": [0, 1], "device": None}
+    key = tasks.fit.cache_key_fn
+    assert key(context, {**base, "store": "/elsewhere/k40.json", "device": "cuda"}) == key(context, base)
+    assert key(context, {**base, "store_key": "k224", "store": "/w/activations/k224.json"}) != key(context, base)
+
+
 def _failed(error):
     from prefect.states import Failed
 

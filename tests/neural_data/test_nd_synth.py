@@ -152,7 +152,7 @@ def test_registered_synthetic_is_generated_once_into_the_cache(tmp_path, monkeyp
 def test_training_set_draws_the_same_objects_in_new_poses():
     images, labels = synth.training_set(n_per_class=3, image_size=32, seed=0)
     assert images.shape == (24, 32, 32) and images.dtype == np.uint8
-    assert labels.dtype == np.int64 and np.bincount(labels).tolist() == [3] * 8
+    assert labels.shape == (24,) and labels.dtype == np.int64 and np.bincount(labels).tolist() == [3] * 8
     assert synth.CATEGORIES == sorted(synth.hvm_metadata()["category_name"].unique())
     again, again_labels = synth.training_set(n_per_class=3, image_size=32, seed=0)
     np.testing.assert_array_equal(images, again)
@@ -160,6 +160,66 @@ def test_training_set_draws_the_same_objects_in_new_poses():
     other, _ = synth.training_set(n_per_class=3, image_size=32, seed=1)
     assert not np.array_equal(images, other)
     assert images.std() > 10  # not blank
+
+
+def test_training_table_describes_each_image_and_its_label():
+    images, labels, table = synth.training_set(n_per_class=2, image_size=24, seed=3, return_table=True)
+    assert list(table.columns) == ["object_name", "category_name", "label", "variation", *synth.POSE_KEYS,
+                                   "background_id"]
+    assert len(table) == 16 and table["label"].tolist() == labels.tolist()
+    assert [synth.CATEGORIES[k] for k in labels] == table["category_name"].tolist()
+    _, objects = synth.categories_and_objects(synth.hvm_metadata())
+    assert all(name in objects[category] for name, category in zip(table["object_name"], table["category_name"]))
+    renderer = synth.Renderer(synth.CATEGORIES, objects, 24)
+    for index in (0, 7, 15):  # the table is the whole recipe of an image
+        row = table.iloc[index]
+        pose = {key: float(row[key]) for key in synth.POSE_KEYS}
+        np.testing.assert_array_equal(images[index], renderer(row["object_name"], pose, int(row["background_id"])))
+
+
+def test_training_poses_follow_each_hvm_variation_level_in_new_combinations():
+    meta = synth.hvm_metadata()
+    table = synth.training_table(n_per_class=200, seed=0)  # no rendering: cheap
+    assert set(table["variation"]) == {3, 6} and 0.4 < (table["variation"] == 3).mean() < 0.6
+    for level, rows in table.groupby("variation"):
+        hvm = meta[meta["variation"] == level]
+        for key in synth.POSE_KEYS:  # every value is one of that level's HvM values ...
+            assert set(rows[key]) <= set(hvm[key]), (level, key)
+            assert abs(rows[key].abs().median() - hvm[key].abs().median()) < 0.15 * hvm[key].abs().max()
+        hvm_poses = set(map(tuple, hvm[list(synth.POSE_KEYS)].to_numpy()))
+        assert not any(tuple(pose) in hvm_poses for pose in rows[list(synth.POSE_KEYS)].to_numpy())  # ... not its pose
+    assert table["background_id"].min() >= 100_000 > meta["background_id"].max()  # backgrounds HvM never shows
+    only_3 = synth.training_table(n_per_class=5, seed=0, variations=(3,))
+    assert set(only_3["variation"]) == {3} and only_3["ryz"].abs().max() <= meta.loc[meta["variation"] == 3, "ryz"].abs().max()
+
+
+def test_held_out_renders_share_no_image_or_background_with_the_training_renders():
+    train_images, _, train = synth.training_set(n_per_class=40, image_size=16, seed=0, return_table=True)
+    val_images, _, val = synth.training_set(n_per_class=10, image_size=16, seed=1, return_table=True)
+    assert not set(train["background_id"]) & set(val["background_id"])
+    train_bytes = {image.tobytes() for image in train_images}
+    assert not any(image.tobytes() in train_bytes for image in val_images)
+    # the table of a larger set starts differently: seeds, not sizes, make sets independent
+    assert not synth.training_table(40, seed=0)["background_id"].isin(synth.training_table(10, seed=1)["background_id"]).any()
+
+
+def test_uniform_poses_reproduce_the_first_generator_byte_for_byte():
+    images, labels, table = synth.training_set(n_per_class=3, image_size=16, seed=0, poses="uniform",
+                                               return_table=True)
+    digest = hashlib.sha256(images.tobytes() + labels.tobytes()).hexdigest()
+    assert digest == "cff392f2cc64e8d2e74d645b7ae5db0813968d686e2aa75573ea52a9d11b4541"
+    assert set(table["variation"]) == {6} and table["label"].tolist() == labels.tolist()
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"n_per_class": 0}, "n_per_class must be >= 1"),
+    ({"n_per_class": 1, "poses": "random"}, "poses must be one of hvm, uniform"),
+    ({"n_per_class": 1, "variations": (4,)}, "HvM has no images of variation 4"),
+    ({"n_per_class": 1, "variations": ()}, "at least one HvM variation level"),
+])
+def test_training_set_rejects_bad_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        synth.training_set(image_size=8, **kwargs)
 
 
 def test_objects_are_distinct_fixed_shapes_of_a_sensible_size():
