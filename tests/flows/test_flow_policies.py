@@ -66,3 +66,14 @@ def test_task_runner_choice(monkeypatch):
     monkeypatch.setenv(flows_module.DASK_ADDRESS_ENV, "tcp://10.0.0.5:8786")
     assert flows_module.fit_task_runner(None).address == "tcp://10.0.0.5:8786"
     assert flows_module.fit_task_runner("tcp://127.0.0.1:9000").address == "tcp://127.0.0.1:9000"
+
+
+def test_local_cluster_workers_keep_default_malloc_trimming():
+    """Dask's MALLOC_TRIM_THRESHOLD_ slows torch's CPU training in the workers; one thread per worker stays."""
+    import dask
+
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": {"MALLOC_TRIM_THRESHOLD_": 65536,
+                                                                   "OMP_NUM_THREADS": 1}}):
+        flows_module.fit_task_runner(None, n_workers=2)
+        environ = dask.config.get("distributed.nanny.pre-spawn-environ")
+    assert "MALLOC_TRIM_THRESHOLD_" not in environ and environ["OMP_NUM_THREADS"] == 1
