@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import json
 
+REGRESSION_NAMES = ("pls", "pls-sklearn-default")  # pipeline.metric.REGRESSIONS, without importing torch for --help
+
 
 def add_commands(subparsers) -> None:
     fit = subparsers.add_parser(
@@ -48,6 +50,17 @@ def add_commands(subparsers) -> None:
                      help="network input size (default: each checkpoint's own: its training size, 224 for "
                           "ImageNet ResNet-18/34/50, 299 for the v2 ResNets)")
     fit.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
+    fit.add_argument("--memory-budget", type=float, default=None, metavar="GB",
+                     help="GB of activations held at once while the Gram matrices are formed; a smaller budget "
+                          "costs more forward passes, never a different number (default: half the device's "
+                          "free memory)")
+    fit.add_argument("--keep-activations", action="store_true",
+                     help="also write every layer's activations to disk (about 32 GB per checkpoint at 5120 "
+                          "images x 224 px); the fits need only the Gram matrices")
+    fit.add_argument("--regression", default=None, choices=REGRESSION_NAMES,
+                     help="'pls': the exact PLS; 'pls-sklearn-default': sklearn's PLSRegression with its default "
+                          "tolerance on Brain-Score's row order, for Brain-Score's leaderboard number to the last "
+                          "digit (keeps the activations) (default: pls)")
     fit.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     fit.add_argument("--data-root", default=None, help="folder with the real data files of a registered dataset")
     fit.add_argument("--training", type=_json_object, default=None, metavar="JSON",
@@ -106,11 +119,17 @@ def _fit(args) -> int:
         options["n_splits"] = args.splits
     if args.seed is not None:
         options["seed"] = args.seed
+    if args.regression is not None:
+        options["regression"] = args.regression
+    if args.memory_budget is not None and not args.memory_budget > 0:
+        raise ValueError(f"--memory-budget: expected a positive number of GB, got {args.memory_budget}")
+    memory_budget = None if args.memory_budget is None else int(args.memory_budget * 1e9)
     run = steps.run_fit(
         args.checkpoint, dataset, protocol=protocol, layers=parse_layers(args.layers), out=args.out,
         overwrite=args.overwrite, device=args.device, data_root=args.data_root, work=args.work,
         protocol_options=options, training=args.training,
-        extraction={"image_size": args.image_size, "batch_size": args.batch_size},
+        extraction={"image_size": args.image_size, "batch_size": args.batch_size, "memory_budget": memory_budget,
+                    "keep_activations": args.keep_activations},
         reference=args.reference, group_by=args.group_by, progress=True,
     )
     print(f"report: {run.out}")

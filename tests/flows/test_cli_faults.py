@@ -12,10 +12,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from flow_faults import diverged_checkpoint, unreadable_checkpoint
 
 from flows.cli import main
-
-from flow_faults import diverged_checkpoint, unreadable_checkpoint
 
 TINY_RANDOM = "random:resnet18?width=0.125&small_input=1&num_classes=8"
 LAYERS = "layer2.1,layer4.1"
@@ -83,6 +82,7 @@ def test_an_earlier_run_or_a_user_folder_is_refused_unless_overwrite(data, tmp_p
     ({"extra": ("--device", "gpu")}, "device 'gpu': not a torch device"),
     ({"extra": ("--dataset", "NoSuchData")}, "unknown dataset 'NoSuchData'"),
     ({"checkpoints": (TINY_RANDOM, TINY_RANDOM)}, "given more than once"),
+    ({"extra": ("--memory-budget", "0")}, "--memory-budget: expected a positive number of GB, got 0.0"),
 ])
 def test_bad_arguments_are_refused_before_any_compute(data, tmp_path, capsys, change, message):
     out, work = tmp_path / "run", tmp_path / "work"
@@ -101,6 +101,25 @@ def test_cuda_without_a_gpu_is_refused_before_any_compute(data, tmp_path, capsys
     assert fit(data, tmp_path / "run", tmp_path / "work", extra=("--device", "cuda")) == 2
     assert "device 'cuda': this machine has 0 CUDA device(s)" in capsys.readouterr().err
     assert not (tmp_path / "work" / "activations").exists()
+
+
+def test_memory_budget_keep_activations_and_regression_reach_the_extraction_and_the_report(data, tmp_path):
+    from flows.cli_pipeline import REGRESSION_NAMES
+    from pipeline.metric import REGRESSIONS
+
+    assert set(REGRESSION_NAMES) == set(REGRESSIONS)
+    work = tmp_path / "work"
+    assert fit(data, tmp_path / "budget", work, extra=("--memory-budget", "1.5")) == 0
+    [record] = [json.loads(path.read_text()) for path in (work / "activations").glob("*.json")]
+    assert record["memory_budget"] == 1_500_000_000 and record["activations_kept"] is False
+
+    out = tmp_path / "kept"
+    assert fit(data, out, tmp_path / "work-kept", extra=("--keep-activations", "--regression", "pls-sklearn-default")) == 0
+    [record] = [json.loads(path.read_text()) for path in (tmp_path / "work-kept" / "activations").glob("*.json")]
+    assert record["activations_kept"] is True
+    assert (tmp_path / "work-kept" / "activations" / f"{record['key']}.h5").is_file()  # the activations themselves
+    assert {row["regression"] for row in rows(out)} == {"pls-sklearn-default"}
+    assert "pls-sklearn-default" in (out / "report.md").read_text()
 
 
 def test_a_long_list_of_valid_layer_names_is_cut(data, tmp_path, capsys):
