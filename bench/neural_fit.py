@@ -8,7 +8,8 @@ For each size (run in its own process, so that peak memory is per size) it print
 the forward passes and of the Gram products (from the extraction's own timers), the number of forward passes
 the memory budget took, the 240 fits (12 default layers x V4/IT x 10 splits, paper protocol), peak RSS (and
 peak GPU memory on CUDA), peak disk of the store (Gram matrices only), and achieved FLOP/s as a fraction of a
-torch matmul peak measured in the same run (float32 for the forward pass, float64 for the Grams). The
+torch matmul peak measured in the same run, before and after the extraction (the better of the two; float32 for
+the forward pass, float64 for the Grams). The
 combined figure is (one forward per image at the fp32 peak + the Grams at the fp64 peak) / (time taken):
 passes forced by a small budget count against it. With several sizes it fits the scaling exponent of each
 stage (log time over log images). The data are neural_data's synthetic MajajHong2015-shaped set (256 sites,
@@ -32,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def matmul_peak(dtype: torch.dtype, device: torch.device, size: int = 2048, repeats: int = 5) -> float:
+def matmul_peak(dtype: torch.dtype, device: torch.device, size: int = 2048, repeats: int = 10) -> float:
     """Best FLOP/s of a square torch matmul (size x size), after one warm-up."""
     a = torch.randn(size, size, dtype=dtype, device=device)
     b = torch.randn(size, size, dtype=dtype, device=device)
@@ -85,7 +86,7 @@ def one_size(args) -> dict:
     cache_dir = args.work_dir / f"store_{n}"
     shutil.rmtree(cache_dir, ignore_errors=True)  # time a cold extraction, not a cache hit
 
-    peak32, peak64 = matmul_peak(torch.float32, device), matmul_peak(torch.float64, device)
+    peaks_before = matmul_peak(torch.float32, device), matmul_peak(torch.float64, device)
     model, _ = models.random_init("resnet18")
     flops_per_image = forward_flops(model, args.input_size)
     if device.type == "cuda":
@@ -96,6 +97,10 @@ def one_size(args) -> dict:
                     batch_size=args.batch_size, device=device, cache_dir=cache_dir, num_workers=args.workers,
                     progress=False, memory_budget=budget)
     t_extract = time.perf_counter() - start
+    # A shared machine's peak moves over a 20-minute extraction: the reference is the best of a measurement
+    # before and one after it (a single short measurement once came out below what the Grams then sustained).
+    peaks_after = matmul_peak(torch.float32, device), matmul_peak(torch.float64, device)
+    peak32, peak64 = max(peaks_before[0], peaks_after[0]), max(peaks_before[1], peaks_after[1])
     seconds = store.metadata["seconds"]
     disk = sum(path.stat().st_size for path in cache_dir.iterdir() if path.is_file())
     widths = {layer: store.shape(layer)[1] for layer in store.layers}
@@ -111,6 +116,8 @@ def one_size(args) -> dict:
         "threads": torch.get_num_threads(), "layers": len(store.layers), "features": sum(widths.values()),
         "memory_budget_gb": store.metadata["memory_budget"] / 2**30, "forward_passes": store.metadata["forward_passes"],
         "matmul_peak_gflops": {"float32": peak32 / 1e9, "float64": peak64 / 1e9},
+        "matmul_peak_before_after_gflops": {"float32": [peaks_before[0] / 1e9, peaks_after[0] / 1e9],
+                                            "float64": [peaks_before[1] / 1e9, peaks_after[1] / 1e9]},
         "extract_s": t_extract, "forward_s": seconds["forward"], "gram_s": seconds["gram"],
         "fits": n_fits, "fit_s": t_fit, "wall_s": t_extract + t_fit,
         "forward_gflop": fwd_flops / 1e9, "gram_gflop": gram_flops / 1e9,
