@@ -115,8 +115,9 @@ def extract_checkpoint(reference: dict[str, Any], dataset: dict[str, Any], *, la
     """The Gram matrix of each of a checkpoint's layers on the dataset's stimuli, in <work>/activations
     (pipeline.extract; the activations themselves too with keep_activations).
 
-    Returns {"store": path of the complete store, "layers": layer names in forward order, "reused": whether
-    the store was already complete, "preprocessing": what was done to the images}. A complete store with
+    Returns {"store": path of the complete store, "key": its content key, "layers": layer names in forward
+    order, "reused": whether the store was already complete, "preprocessing": what was done to the images}.
+    A complete store with
     the same content key (weights, stimuli, preprocessing, layers) is reused as it is.
     """
     model = checkpoints.load_model(reference)
@@ -124,7 +125,7 @@ def extract_checkpoint(reference: dict[str, Any], dataset: dict[str, Any], *, la
                     batch_size=batch_size, device=device, cache_dir=work_dir(work) / "activations",
                     model_id=reference["name"], progress=progress, keep_activations=keep_activations,
                     memory_budget=memory_budget)
-    return {"store": str(store.path), "layers": list(store.layers), "reused": store.reused,
+    return {"store": str(store.path), "key": store.key, "layers": list(store.layers), "reused": store.reused,
             "preprocessing": store.metadata["preprocessing"]}
 
 

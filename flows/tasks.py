@@ -87,13 +87,12 @@ def extract(checkpoint: dict, dataset: dict, layers: Any, extraction: dict, devi
 
 @task(name="fit", task_run_name="fit {checkpoint_name} {layer} {region} splits {splits}",
       persist_result=True,
-      cache_key_fn=content_key("store_key", "checkpoint_digest", "dataset_id", "layer", "region", "protocol",
-                               "splits"),
+      cache_key_fn=content_key("store_key", "dataset_id", "layer", "region", "protocol", "splits"),
       **TRANSIENT)
-def fit(store: str, store_key: str, checkpoint_name: str, checkpoint_digest: str, dataset: dict, dataset_id: str,
-        layer: str, region: str, protocol: dict, splits: list[int], device: str | None = None) -> dict:
-    """store_key: the extraction's content key (weights, stimuli, preprocessing, layers): the same weights
-    extracted at another image size are other fits."""
+def fit(store: str, store_key: str, checkpoint_name: str, dataset: dict, dataset_id: str, layer: str, region: str,
+        protocol: dict, splits: list[int], device: str | None = None) -> dict:
+    """store_key: the extraction's content key (the weights' sha256, stimuli, preprocessing, layers), so the
+    same weights extracted at another image size are other fits."""
     return steps.fit_layer_region(store, dataset, layer=layer, region=region, protocol=protocol, splits=splits,
                                   device=device)
 

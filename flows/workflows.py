@@ -112,9 +112,8 @@ def _submit_fits(references, dataset, protocol, layers, device, work, extraction
             failed[spec] = steps.failed_reference(spec, error, reference)
             continue
         reference.update(image_size=stored["preprocessing"]["image_size"], preprocessing=stored["preprocessing"])
-        planned[spec] = [(layer, fit_task.submit(stored["store"], Path(stored["store"]).stem, reference["name"],
-                                                 reference["digest"], dataset, dataset["identifier"], layer, region,
-                                                 protocol, splits, device))
+        planned[spec] = [(layer, fit_task.submit(stored["store"], stored["key"], reference["name"], dataset,
+                                                 dataset["identifier"], layer, region, protocol, splits, device))
                          for layer in stored["layers"] for region in regions for splits in batches]
         logger.info("%s: %d layers x %d regions x %d split batches = %d fits", reference["name"],
                     len(stored["layers"]), len(regions), len(batches), len(planned[spec]))

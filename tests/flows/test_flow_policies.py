@@ -22,8 +22,8 @@ def test_fit_cache_key_follows_the_extraction_not_only_the_weights():
     from flows import tasks
 
     context = SimpleNamespace(task=SimpleNamespace(name="fit"))
-    base = {"store": "/w/activations/k40.json", "store_key": "k40", "checkpoint_digest": "abc", "dataset_id": "d",
-            "layer": "fc", "region": "IT", "protocol": {"name": "paper"}, "splits": [0, 1], "device": None}
+    base = {"store": "/w/activations/k40.json", "store_key": "k40", "dataset_id": "d", "layer": "fc", "region": "IT",
+            "protocol": {"name": "paper"}, "splits": [0, 1], "device": None}
     key = tasks.fit.cache_key_fn
     assert key(context, {**base, "store": "/elsewhere/k40.json", "device": "cuda"}) == key(context, base)
     assert key(context, {**base, "store_key": "k224", "store": "/w/activations/k224.json"}) != key(context, base)
