@@ -18,9 +18,8 @@ extracted with `pipeline.extract.extract` (default layers) at the checkpoint's i
 `pipeline.score.fit_scores(..., protocol="paper", trials=<trial-level assembly>)` on the demo's dataset
 (`neural_data.synth.cached(**DEMO_DATASET)`). Prints each one's best-layer median r for IT and V4, and the
 per-site IT difference bp - random (each at its own best IT layer): its median over sites and the share of
-sites where bp is higher. When the random baseline's recorded input size differs from the trained networks'
-(the random spec cannot carry an input size), it is also extracted at the trained size, the like-for-like
-comparison, and both rows are printed.
+sites where bp is higher. `DEMO_RANDOM` carries the trained networks' input size (`image_size=40`), so every
+network is compared at the same size.
 """
 from __future__ import annotations
 
@@ -96,12 +95,12 @@ def dataset_accuracy(model, dataset, image_size: int) -> float:
     return float((predicted == labels).mean())
 
 
-def fit_one(name: str, reference: dict, dataset, work: Path, image_size: int | None = None) -> dict:
+def fit_one(name: str, reference: dict, dataset, work: Path) -> dict:
     from flows import checkpoints
     from pipeline.extract import extract
     from pipeline.score import fit_scores
 
-    size = int(image_size or reference["image_size"])
+    size = int(reference["image_size"])
     model = checkpoints.load_model(reference)
     started = time.perf_counter()
     store = extract(model, dataset.stimuli, layers="default", image_size=size, cache_dir=work / "activations",
@@ -134,12 +133,9 @@ def fits(results: list[dict], work: Path) -> list[dict]:
             rows.append(fit_one(rule, checkpoints.resolve(by_rule[rule]["path"]), dataset, work))
     random_reference = checkpoints.resolve(DEMO_RANDOM, work)
     rows.append(fit_one("random", random_reference, dataset, work))
-    trained_sizes = {row["image_size"] for row in rows if row["name"] != "random"}
-    if len(trained_sizes) == 1 and rows[-1]["image_size"] not in trained_sizes:
-        rows.append(fit_one(f"random@{min(trained_sizes)}px", random_reference, dataset, work, min(trained_sizes)))
     trained = {row["name"]: row for row in rows}
     for row in rows:
-        if row["name"].startswith("random") and "bp" in trained:
+        if row["name"] == "random" and "bp" in trained:
             assert row["it_site_ids"] == trained["bp"]["it_site_ids"]
             diff = trained["bp"]["it_sites"] - row["it_sites"]
             row["bp_minus"] = {"median": float(np.median(diff)), "share_positive": float(np.mean(diff > 0)),
